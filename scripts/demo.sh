@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The wine demo, embedded: installs what it needs into .venv, then runs `streamserve demo`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh all
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+exec .venv/bin/streamserve demo "$@"

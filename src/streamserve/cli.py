@@ -1,0 +1,166 @@
+"""The ``streamserve`` command."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import BinaryIO
+
+from rich.console import Console
+
+from streamserve.codecs.build import build_codec
+from streamserve.errors import StreamserveError
+from streamserve.runtime.local import LocalRuntime
+from streamserve.runtime.model_directory import ModelDirectory
+from streamserve.runtime.streams import LineSink, StreamSource
+from streamserve.serving.core import ServingCore
+from streamserve.settings import Settings, load_settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except StreamserveError as err:
+        print(f"streamserve: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamserve", description=__doc__)
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the wine demo (embedded, original models)")
+    demo.add_argument("--rate", type=float, default=4000.0, help="records per second")
+    demo.add_argument(
+        "--seconds-per-model", type=float, default=1.0, help="time between model publications"
+    )
+    demo.set_defaults(handler=_demo)
+
+    serve = commands.add_parser("serve", help="serve models from a folder on records from a file")
+    serve.add_argument("--config", type=Path, help="TOML settings file")
+    serve.add_argument("--data", help="data file, one record per line (- for stdin)")
+    serve.add_argument("--models", type=Path, help="models directory, watched for new models")
+    serve.add_argument("--codec", choices=["json", "csv", "wine-protobuf", "wine-csv"])
+    serve.add_argument("--key", help="a constant key (data type) for every record")
+    serve.add_argument("--results", help="results file (- for stdout)")
+    serve.add_argument("--errors", help="errors file (- for stderr)")
+    serve.add_argument(
+        "--model-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="a directory descriptor locations may point into (repeatable)",
+    )
+    serve.add_argument("--count", type=int, help="stop after this many records")
+    serve.add_argument("--timeout-s", type=float, help="stop after this many seconds")
+    serve.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep serving at the end of the data file (with --data -, until EOF)",
+    )
+    serve.set_defaults(handler=_serve)
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from streamserve.demo.wine import DemoOptions, run_demo
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 150))  # logs and CI: do not wrap the table
+    return run_demo(console, DemoOptions(args.rate, args.seconds_per_model))
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    base = load_settings(args.config)
+    local = base.local.model_copy(
+        update={
+            name: value
+            for name, value in {
+                "data": args.data,
+                "models_dir": args.models,
+                "results": args.results,
+                "errors": args.errors,
+            }.items()
+            if value is not None
+        }
+    )
+    codec = base.codec.model_copy(
+        update={
+            name: value
+            for name, value in {"format": args.codec, "key": args.key}.items()
+            if value is not None
+        }
+    )
+    roots = [*base.serving.model_roots, *args.model_root]
+    if local.models_dir is not None:
+        roots.append(local.models_dir)
+    serving = base.serving.model_copy(update={"model_roots": roots})
+    return base.model_copy(update={"local": local, "codec": codec, "serving": serving})
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings_from(args)
+    codec = build_codec(settings.codec)
+    core = ServingCore(settings.serving)
+    with ExitStack() as stack:
+        data_stream = stack.enter_context(_open_input(settings.local.data))
+        results = stack.enter_context(_open_output(settings.local.results, sys.stdout.buffer))
+        errors = stack.enter_context(_open_output(settings.local.errors, sys.stderr.buffer))
+        stack.callback(core.close)
+        source = StreamSource(
+            data_stream,
+            Path(settings.local.data).name,
+            length_delimited=settings.codec.format == "wine-protobuf",
+        )
+        models = ModelDirectory(settings.local.models_dir) if settings.local.models_dir else None
+        runtime = LocalRuntime(
+            core,
+            codec,
+            source,
+            LineSink(results),
+            LineSink(errors),
+            settings.batch,
+            models=models,
+            model_poll_interval_s=settings.local.poll_interval_ms / 1000,
+        )
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: runtime.stop())
+        summary = runtime.run(count=args.count, timeout_s=args.timeout_s)
+    print(
+        f"streamserve: {summary.records} records, {summary.results} results, "
+        f"{summary.errors} errors, {summary.model_events} model events in "
+        f"{summary.elapsed_s:.2f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+@contextmanager
+def _open_input(name: str) -> Iterator[BinaryIO]:
+    if name == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        with open(name, "rb") as stream:
+            yield stream
+    except OSError as err:
+        raise StreamserveError(f"cannot open data file {name}: {err}") from err
+
+
+@contextmanager
+def _open_output(name: str, default: BinaryIO) -> Iterator[BinaryIO]:
+    if name == "-":
+        yield default
+        return
+    try:
+        with open(name, "ab") as stream:
+            yield stream
+    except OSError as err:
+        raise StreamserveError(f"cannot open output file {name}: {err}") from err

@@ -1,0 +1,1 @@
+"""Codecs: bytes of data records <-> columns of features with a key per record."""

@@ -1,0 +1,89 @@
+"""Records as sources deliver them, the columnar batch codecs decode them into, and key rules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from streamserve.errors import RecordDecodeError
+from streamserve.formats.base import FloatMatrix
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One data message: its bytes, its message key (if any) and where it came from."""
+
+    payload: bytes
+    key: bytes | None = None
+    position: str = ""
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    """Where a record's key (its data type) comes from, in this order:
+
+    ``constant`` for every record if set; else the message key when ``prefer_message_key`` and
+    the message has one; else the record field ``field``; else the message key.
+    """
+
+    field: str = "dataType"
+    constant: str | None = None
+    prefer_message_key: bool = False
+
+    def resolve(self, record: InputRecord, field_value: object) -> str:
+        if self.constant is not None:
+            return self.constant
+        if self.prefer_message_key and record.key:
+            return record.key.decode("utf-8", errors="replace")
+        if isinstance(field_value, str) and field_value:
+            return field_value
+        if record.key:
+            return record.key.decode("utf-8", errors="replace")
+        raise RecordDecodeError(
+            f"record has no key: no {self.field!r} field and no message key "
+            "(set the codec's key field, or a constant key)"
+        )
+
+
+@dataclass
+class DecodedBatch:
+    """Columns of features for a batch of records; undecodable records carry their error.
+
+    ``values`` has one row per input record (NaN where a record lacks a column); rows of
+    undecodable records are all NaN and their ``keys`` entry is ``None``.
+    """
+
+    records: Sequence[InputRecord]
+    keys: list[str | None]
+    feature_names: tuple[str, ...]
+    values: FloatMatrix
+    errors: Mapping[int, RecordDecodeError] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+class Codec(Protocol):
+    """Decodes a batch of records at once (columnar), never raising for one bad record."""
+
+    @property
+    def name(self) -> str: ...
+
+    def decode(self, records: Sequence[InputRecord]) -> DecodedBatch: ...
+
+
+def batch_from_rows(
+    records: Sequence[InputRecord],
+    names: tuple[str, ...],
+    rows: list[Sequence[float] | None],
+    keys: list[str | None],
+    errors: dict[int, RecordDecodeError],
+) -> DecodedBatch:
+    """A DecodedBatch from per-record rows of ``len(names)`` floats (``None`` for failures)."""
+    width = len(names)
+    blank = [np.nan] * width
+    matrix = np.array([blank if row is None else row for row in rows], dtype=np.float64)
+    return DecodedBatch(records, keys, names, matrix.reshape(len(records), width), errors)

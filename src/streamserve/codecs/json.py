@@ -1,0 +1,92 @@
+"""JSON records: one object per message; numeric fields are features, named by their field.
+
+``{"dataType": "wine", "alcohol": 9.4, ...}`` carries named features; a ``features`` list
+(``{"dataType": "wine", "features": [7.4, 0.7, ...]}``) carries positional ones, named
+``features[0]``, ``features[1]``, ... Booleans, strings and nested values other than the key are
+not features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from streamserve.codecs.base import DecodedBatch, InputRecord, KeyRule, batch_from_rows
+from streamserve.errors import RecordDecodeError
+
+FEATURES_FIELD = "features"
+
+
+@dataclass(frozen=True)
+class JsonCodec:
+    key_rule: KeyRule = field(default_factory=KeyRule)
+    name: str = "json"
+
+    def decode(self, records: Sequence[InputRecord]) -> DecodedBatch:
+        parsed: list[dict[str, float] | None] = []
+        keys: list[str | None] = []
+        errors: dict[int, RecordDecodeError] = {}
+        for index, record in enumerate(records):
+            try:
+                key, features = self._decode_one(record)
+            except RecordDecodeError as err:
+                errors[index] = err
+                parsed.append(None)
+                keys.append(None)
+                continue
+            parsed.append(features)
+            keys.append(key)
+        names = _column_names(parsed)
+        rows: list[Sequence[float] | None] = [
+            None if features is None else _row(features, names) for features in parsed
+        ]
+        return batch_from_rows(records, names, rows, keys, errors)
+
+    def _decode_one(self, record: InputRecord) -> tuple[str, dict[str, float]]:
+        try:
+            document = orjson.loads(record.payload)
+        except orjson.JSONDecodeError as err:
+            raise RecordDecodeError(f"record is not valid JSON: {err}") from err
+        if not isinstance(document, dict):
+            raise RecordDecodeError(
+                f"record is a JSON {type(document).__name__}, expected an object"
+            )
+        key = self.key_rule.resolve(record, document.get(self.key_rule.field))
+        return key, _features(document, self.key_rule.field)
+
+
+def _features(document: dict[str, object], key_field: str) -> dict[str, float]:
+    features: dict[str, float] = {}
+    for name, value in document.items():
+        if name == key_field or isinstance(value, bool):
+            continue
+        if isinstance(value, int | float):
+            features[name] = float(value)
+        elif name == FEATURES_FIELD and isinstance(value, list):
+            for position, item in enumerate(value):
+                if isinstance(item, bool) or not isinstance(item, int | float):
+                    raise RecordDecodeError(f"features[{position}] is {item!r}, not a number")
+                features[f"{FEATURES_FIELD}[{position}]"] = float(item)
+    return features
+
+
+def _column_names(parsed: list[dict[str, float] | None]) -> tuple[str, ...]:
+    """The union of feature names in first-seen order (one pass when all records agree)."""
+    names: dict[str, None] = {}
+    previous: tuple[str, ...] | None = None
+    for features in parsed:
+        if features is None:
+            continue
+        current = tuple(features)
+        if current != previous:
+            names.update(dict.fromkeys(current))
+            previous = current
+    return tuple(names)
+
+
+def _row(features: dict[str, float], names: tuple[str, ...]) -> Sequence[float]:
+    if len(features) == len(names) and tuple(features) == names:
+        return list(features.values())
+    return [features.get(name, float("nan")) for name in names]

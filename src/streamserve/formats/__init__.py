@@ -1,0 +1,1 @@
+"""Model formats: one module per format, found through :mod:`streamserve.formats.registry`."""

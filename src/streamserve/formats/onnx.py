@@ -1,0 +1,147 @@
+"""ONNX models through onnxruntime (model type ONNX).
+
+Inputs: one 2-D tensor is a positional model (features in codec order) unless option
+``feature_names`` (comma-separated) names its columns; several inputs of one column each are
+named by their input names. Output: option ``output`` names it, else the first output.
+Each session runs with ``threads_per_model`` intra-op threads (default 1).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from streamserve.descriptor import OutputRule
+from streamserve.errors import MissingDependencyError, ModelLoadError
+from streamserve.formats.base import (
+    FactoryContext,
+    FloatMatrix,
+    InputSpec,
+    LoadRequest,
+    Model,
+    apply_output_rule,
+)
+
+_NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise MissingDependencyError("onnxruntime (for ONNX models)", "onnx") from err
+    return onnxruntime
+
+
+class OnnxModel:
+    def __init__(self, session: Any, output_name: str, output: OutputRule, name: str) -> None:
+        self._session = session
+        self._output_name = output_name
+        self._output = output
+        self._name = name
+        inputs = session.get_inputs()
+        self._input_names = [node.name for node in inputs]
+        self._dtypes = [_input_dtype(node, name) for node in inputs]
+        self._inputs = _input_spec(inputs, name)
+
+    @property
+    def inputs(self) -> InputSpec:
+        return self._inputs
+
+    def score_batch(self, features: FloatMatrix) -> np.ndarray:
+        if len(self._input_names) == 1:
+            feeds = {self._input_names[0]: features.astype(self._dtypes[0], copy=False)}
+        else:
+            feeds = {
+                name: features[:, [column]].astype(dtype, copy=False)
+                for column, (name, dtype) in enumerate(
+                    zip(self._input_names, self._dtypes, strict=True)
+                )
+            }
+        (raw,) = self._session.run([self._output_name], feeds)
+        return apply_output_rule(self._output, np.asarray(raw), model=self._name)
+
+    def close(self) -> None:
+        self._session = None
+
+
+def _input_dtype(node: Any, model: str) -> type[np.generic]:
+    dtype = _NUMPY_TYPES.get(node.type)
+    if dtype is None:
+        raise ModelLoadError(
+            f"ONNX model {model!r}: input {node.name!r} has type {node.type}, "
+            f"not a numeric tensor ({', '.join(_NUMPY_TYPES)})"
+        )
+    return dtype
+
+
+def _input_spec(inputs: list[Any], model: str) -> InputSpec:
+    widths = [node.shape[-1] if len(node.shape) >= 2 else 1 for node in inputs]
+    if len(inputs) == 1:
+        width = widths[0]
+        if not isinstance(width, int):
+            raise ModelLoadError(
+                f"ONNX model {model!r}: input {inputs[0].name!r} has no fixed "
+                f"feature width (shape {inputs[0].shape})"
+            )
+        return InputSpec(width=width)
+    if any(width != 1 for width in widths):
+        raise ModelLoadError(
+            f"ONNX model {model!r}: several inputs must each be one column "
+            f"wide; shapes {[node.shape for node in inputs]}"
+        )
+    return InputSpec(width=len(inputs), names=tuple(node.name for node in inputs))
+
+
+class OnnxFactory:
+    format_name = "onnx"
+
+    def __init__(self, context: FactoryContext) -> None:
+        self._context = context
+
+    def load(self, request: LoadRequest) -> Model:
+        ort = _onnxruntime()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._context.threads_per_model
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        try:
+            session = ort.InferenceSession(
+                request.artifact.read_bytes(), options, providers=["CPUExecutionProvider"]
+            )
+        except ModelLoadError:
+            raise
+        except Exception as err:  # onnxruntime raises its own, unexported exception types
+            raise ModelLoadError(
+                f"ONNX model {request.name!r} from {request.artifact.describe()} "
+                f"cannot be loaded: {err}"
+            ) from err
+        outputs = [node.name for node in session.get_outputs()]
+        output_name = request.options.get("output", outputs[0])
+        if output_name not in outputs:
+            raise ModelLoadError(
+                f"ONNX model {request.name!r}: option output={output_name!r} is "
+                f"not one of its outputs {outputs}"
+            )
+        model = OnnxModel(session, output_name, request.output, request.name)
+        return _with_feature_names(model, request)
+
+
+def _with_feature_names(model: OnnxModel, request: LoadRequest) -> Model:
+    names = request.options.get("feature_names")
+    if names is None:
+        return model
+    declared = tuple(name.strip() for name in names.split(","))
+    if len(declared) != model.inputs.width:
+        raise ModelLoadError(
+            f"ONNX model {request.name!r}: option feature_names names "
+            f"{len(declared)} features, the input is {model.inputs.width} wide"
+        )
+    model._inputs = InputSpec(width=len(declared), names=declared)
+    return model

@@ -1,0 +1,97 @@
+"""PMML models through JPMML, the reference evaluator (model type PMML).
+
+One JVM per process, started by the first PMML model (JPype backend: in-process, no orphan
+``java`` processes). Inputs are the model's input fields, by name; the published value is the
+first target field as JPMML returns it (a label string for classification, a number for
+regression). Rows are evaluated in one JVM call per batch.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from streamserve.descriptor import OutputRule
+from streamserve.errors import MissingDependencyError, ModelLoadError, ScoringError
+from streamserve.formats.base import FactoryContext, FloatMatrix, InputSpec, LoadRequest, Model
+
+_backend_lock = threading.Lock()
+_backend: Any = None
+
+
+def _jpmml() -> tuple[Any, Any]:
+    """``(jpmml_evaluator module, the process's JPype backend)``, starting the JVM once."""
+    global _backend
+    try:
+        import jpmml_evaluator
+        from jpmml_evaluator.jpype import JPypeBackend
+    except ImportError as err:
+        raise MissingDependencyError("jpmml-evaluator (for PMML models)", "pmml") from err
+    with _backend_lock:
+        if _backend is None:
+            _backend = JPypeBackend()
+    return jpmml_evaluator, _backend
+
+
+class PmmlModel:
+    def __init__(self, evaluator: Any, pandas: Any, name: str) -> None:
+        self._evaluator = evaluator
+        self._pandas = pandas
+        self._name = name
+        names = tuple(str(field.getName()) for field in evaluator.getInputFields())
+        self._inputs = InputSpec(width=len(names), names=names)
+        targets = evaluator.getTargetFields()
+        if not targets:
+            raise ModelLoadError(f"PMML model {name!r} declares no target field")
+        self._target = str(targets[0].getName())
+
+    @property
+    def inputs(self) -> InputSpec:
+        return self._inputs
+
+    def score_batch(self, features: FloatMatrix) -> np.ndarray:
+        frame = self._pandas.DataFrame(features, columns=list(self._inputs.names or ()))
+        results = self._evaluator.evaluateAll(frame)
+        if "errors" in results.columns:
+            failed = results["errors"].dropna()
+            if len(failed):
+                raise ScoringError(
+                    f"PMML model {self._name!r}: {len(failed)} of {len(frame)} "
+                    f"rows failed, first: {failed.iloc[0]}"
+                )
+        return np.asarray(results[self._target].to_numpy())
+
+    def close(self) -> None:
+        self._evaluator = None
+
+
+class PmmlFactory:
+    format_name = "pmml"
+
+    def __init__(self, context: FactoryContext) -> None:
+        self._context = context
+
+    def load(self, request: LoadRequest) -> Model:
+        jpmml_evaluator, backend = _jpmml()
+        import pandas  # a dependency of jpmml-evaluator
+
+        if request.output is OutputRule.ARGMAX:
+            raise ModelLoadError(
+                f"PMML model {request.name!r}: output rule ARGMAX does not "
+                "apply; PMML models publish their target field"
+            )
+        try:
+            evaluator = jpmml_evaluator.make_evaluator(
+                request.artifact.read_bytes(), backend=backend
+            )
+            evaluator.verify()
+        except ModelLoadError:
+            raise
+        except Exception as err:  # JPMML's Java exceptions arrive as JavaError
+            raise ModelLoadError(
+                f"PMML model {request.name!r} from {request.artifact.describe()} "
+                f"cannot be loaded: {err}"
+            ) from err
+        return PmmlModel(evaluator, pandas, request.name)

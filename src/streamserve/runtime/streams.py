@@ -1,0 +1,210 @@
+"""Sources and sinks of the local runtime: in memory, files and the standard streams.
+
+A source delivers records in order through :meth:`poll`; it is ``exhausted`` once closed and
+empty. File sources read on a thread of their own, so the runtime never blocks on input.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from typing import BinaryIO, Protocol
+
+from streamserve.codecs.base import InputRecord
+from streamserve.codecs.output import Encoded
+from streamserve.errors import InfrastructureError
+from streamserve.runtime.model_directory import ModelMessage
+
+
+class Source(Protocol):
+    def poll(self, max_records: int, timeout_s: float) -> list[InputRecord]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        ...
+
+    @property
+    def exhausted(self) -> bool: ...
+
+
+class Sink(Protocol):
+    def write(self, messages: Sequence[Encoded]) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class MemorySource:
+    """A thread-safe queue of records; producers :meth:`put` and finally :meth:`close`."""
+
+    def __init__(self, records: Iterable[InputRecord] = (), *, closed: bool = False) -> None:
+        self._items: deque[InputRecord] = deque(records)
+        self._ready = threading.Condition()
+        self._closed = closed
+
+    def put(self, records: Iterable[InputRecord]) -> None:
+        with self._ready:
+            self._items.extend(records)
+            self._ready.notify_all()
+
+    def close(self) -> None:
+        with self._ready:
+            self._closed = True
+            self._ready.notify_all()
+
+    def poll(self, max_records: int, timeout_s: float) -> list[InputRecord]:
+        with self._ready:
+            self._ready.wait_for(lambda: self._items or self._closed, timeout=timeout_s)
+            count = min(max_records, len(self._items))
+            return [self._items.popleft() for _ in range(count)]
+
+    @property
+    def exhausted(self) -> bool:
+        with self._ready:
+            return self._closed and not self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def read_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """Non-empty lines without their line ending."""
+    for line in stream:
+        stripped = line.rstrip(b"\r\n")
+        if stripped:
+            yield stripped
+
+
+def read_length_delimited(stream: BinaryIO) -> Iterator[bytes]:
+    """Messages each prefixed by its varint length (protobuf's writeDelimitedTo framing)."""
+    while True:
+        length, shift = 0, 0
+        while True:
+            byte = stream.read(1)
+            if not byte:
+                if shift:
+                    raise ValueError("stream ends inside a length prefix")
+                return
+            length |= (byte[0] & 0x7F) << shift
+            shift += 7
+            if not byte[0] & 0x80:
+                break
+        message = stream.read(length)
+        if len(message) != length:
+            raise ValueError(f"stream ends inside a message: {len(message)} of {length} bytes")
+        yield message
+
+
+def write_length_delimited(messages: Iterable[bytes], stream: BinaryIO) -> None:
+    for message in messages:
+        length = len(message)
+        prefix = bytearray()
+        while True:
+            byte, length = length & 0x7F, length >> 7
+            prefix.append(byte | (0x80 if length else 0))
+            if not length:
+                break
+        stream.write(bytes(prefix) + message)
+
+
+class StreamSource(MemorySource):
+    """Reads framed messages from a binary stream on a daemon thread into memory."""
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        name: str,
+        *,
+        length_delimited: bool = False,
+        max_buffered: int = 65536,
+    ) -> None:
+        super().__init__()
+        self._stream = stream
+        self._name = name
+        self._frames = read_length_delimited if length_delimited else read_lines
+        self._max_buffered = max_buffered
+        self.error: Exception | None = None
+        self._thread = threading.Thread(target=self._pump, name=f"source-{name}", daemon=True)
+        self._thread.start()
+
+    def _pump(self) -> None:
+        try:
+            chunk: list[InputRecord] = []
+            for number, payload in enumerate(self._frames(self._stream), start=1):
+                chunk.append(InputRecord(payload, position=f"{self._name}:{number}"))
+                if len(chunk) >= 256:
+                    self._put_bounded(chunk)
+                    chunk = []
+            self._put_bounded(chunk)
+        except (OSError, ValueError) as err:
+            self.error = err
+        finally:
+            self.close()
+
+    def poll(self, max_records: int, timeout_s: float) -> list[InputRecord]:
+        records = super().poll(max_records, timeout_s)
+        if not records and self.error is not None:
+            raise InfrastructureError(f"reading {self._name} failed: {self.error}") from self.error
+        return records
+
+    def _put_bounded(self, chunk: list[InputRecord]) -> None:
+        while len(self) > self._max_buffered:
+            time.sleep(0.001)
+        self.put(chunk)
+
+
+class MemorySink:
+    """Keeps every message (tests, the demo)."""
+
+    def __init__(self) -> None:
+        self.messages: list[Encoded] = []
+
+    def write(self, messages: Sequence[Encoded]) -> None:
+        self.messages.extend(messages)
+
+    def flush(self) -> None:
+        pass
+
+
+class CountingSink:
+    """Counts messages and drops them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def write(self, messages: Sequence[Encoded]) -> None:
+        self.count += len(messages)
+
+    def flush(self) -> None:
+        pass
+
+
+class LineSink:
+    """Writes each message's value as one line to a binary stream."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self._stream = stream
+
+    def write(self, messages: Sequence[Encoded]) -> None:
+        if messages:
+            self._stream.write(b"".join(value + b"\n" for _, value in messages))
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
+class ModelQueue:
+    """Model messages published in memory (tests, the demo), taken by the runtime in order."""
+
+    def __init__(self) -> None:
+        self._messages: deque[ModelMessage] = deque()
+        self._lock = threading.Lock()
+
+    def publish(self, payload: bytes, origin: str = "memory") -> None:
+        with self._lock:
+            self._messages.append(ModelMessage(origin, payload=payload))
+
+    def poll(self) -> list[ModelMessage]:
+        with self._lock:
+            messages = list(self._messages)
+            self._messages.clear()
+            return messages

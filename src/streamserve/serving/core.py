@@ -1,0 +1,268 @@
+"""ServingCore: the one transport-neutral façade that runtimes and the API call.
+
+Runtimes hand it model messages and decoded batches; it owns the slots, the loader and the
+event log. Scoring runs on the caller's thread (one scoring thread per core); loading runs on the
+loader's threads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from streamserve.codecs.base import DecodedBatch
+from streamserve.descriptor import ModelDescriptor, decode_descriptor
+from streamserve.errors import (
+    DescriptorError,
+    MissingFeaturesError,
+    NoModelError,
+    RejectedInput,
+    ScoringError,
+)
+from streamserve.formats.base import FactoryContext, FloatMatrix
+from streamserve.formats.registry import FactoryRegistry
+from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
+from streamserve.serving.features import map_features, missing_features_error
+from streamserve.serving.loader import LoadJob, ModelLoader
+from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
+from streamserve.serving.slot import ModelSlot, ServedModel
+from streamserve.settings import ServingSettings
+
+
+class ServingCore:
+    def __init__(self, settings: ServingSettings, registry: FactoryRegistry | None = None) -> None:
+        self._settings = settings
+        self._registry = registry or FactoryRegistry(
+            FactoryContext(threads_per_model=settings.threads_per_model)
+        )
+        self._events = EventLog()
+        self._slots: dict[str, ModelSlot] = {}
+        self._slots_lock = threading.Lock()
+        self._sequence = itertools.count()
+        self._loader = ModelLoader(
+            self._registry,
+            self._events,
+            self.slot,
+            model_roots=[Path(root) for root in settings.model_roots],
+            threads=settings.loader_threads,
+        )
+        self.counts: Counter[str] = Counter()
+
+    # --- models --------------------------------------------------------------------------------
+    def submit_model_message(self, payload: bytes, origin: str = "") -> ModelDescriptor | None:
+        """Decodes a model message and loads it off-path; a bad message becomes a rejection."""
+        try:
+            descriptor = decode_descriptor(payload)
+        except DescriptorError as err:
+            self.reject_model_message(err, origin)
+            return None
+        self.submit_model(descriptor, origin)
+        return descriptor
+
+    def reject_model_message(self, error: RejectedInput, origin: str = "") -> None:
+        """Reports a model message that never became a descriptor (undecodable, unreadable)."""
+        self.counts["model_messages_rejected"] += 1
+        self._events.put(
+            ModelEvent(
+                ModelEventKind.REJECTED,
+                key="",
+                name="",
+                reason=str(error),
+                error_kind=error.kind,
+                origin=origin,
+            )
+        )
+
+    def submit_model(self, descriptor: ModelDescriptor, origin: str = "") -> None:
+        self.counts["model_messages"] += 1
+        self._loader.submit(LoadJob(descriptor, next(self._sequence), origin))
+
+    def wait_for_models(self, timeout_s: float | None = None) -> bool:
+        """Waits until every submitted model is staged or rejected; False on timeout."""
+        return self._loader.wait_idle(timeout_s)
+
+    @property
+    def loads_pending(self) -> int:
+        return self._loader.pending
+
+    def drain_events(self) -> list[ModelEvent]:
+        return self._events.drain()
+
+    # --- slots ---------------------------------------------------------------------------------
+    def slot(self, key: str) -> ModelSlot:
+        """The slot of ``key``, created on first use."""
+        with self._slots_lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._slots[key] = ModelSlot(key, self._settings.max_rejections_kept)
+            return slot
+
+    def slots(self) -> list[ModelSlot]:
+        with self._slots_lock:
+            return list(self._slots.values())
+
+    # --- scoring -------------------------------------------------------------------------------
+    def score(self, batch: DecodedBatch) -> BatchOutcome:
+        """Scores a decoded batch: one result or one error for every record, none lost."""
+        outcome = BatchOutcome(batch.records)
+        for row, error in batch.errors.items():
+            outcome.errors.append(RecordError(row, error.kind, str(error)))
+        for key, rows in _group_rows(batch.keys).items():
+            self._score_key(key, rows, batch, outcome)
+        self.counts["records"] += len(batch)
+        self.counts["results"] += outcome.result_count
+        self.counts["errors"] += outcome.error_count
+        return outcome
+
+    def _score_key(
+        self, key: str, rows: npt.NDArray[np.intp], batch: DecodedBatch, outcome: BatchOutcome
+    ) -> None:
+        slot = self._slots.get(key)
+        served, swapped = slot.model_for_batch() if slot is not None else (None, False)
+        values = batch.values[rows]
+        if slot is not None:
+            slot.observe(batch.feature_names, values, self._settings.validation_rows)
+        if served is None:
+            _fail_rows(outcome, rows, _no_model(key, slot), key, None)
+            return
+        if swapped:
+            identity = served.identity
+            self._events.put(
+                ModelEvent(
+                    ModelEventKind.SWAPPED,
+                    key,
+                    identity.name,
+                    identity.version,
+                    load_duration_s=served.load_duration_s,
+                )
+            )
+        try:
+            mapping = map_features(batch.feature_names, served.model.inputs)
+        except MissingFeaturesError as err:
+            self._fail(outcome, rows, err, key, served)
+            return
+        if mapping.missing:
+            self._fail(outcome, rows, missing_features_error(mapping.missing), key, served)
+            return
+        features = values[:, mapping.columns]
+        incomplete = np.isnan(features).any(axis=1)
+        if incomplete.any():
+            self._fail_incomplete(outcome, rows[incomplete], features[incomplete], key, served)
+            rows, features = rows[~incomplete], features[~incomplete]
+        if len(rows):
+            self._score_rows(rows, features, key, served, outcome)
+
+    def _score_rows(
+        self,
+        rows: npt.NDArray[np.intp],
+        features: FloatMatrix,
+        key: str,
+        served: ServedModel,
+        outcome: BatchOutcome,
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            scored = served.model.score_batch(features)
+            if len(scored) != len(rows):
+                raise ScoringError(f"model returned {len(scored)} outputs for {len(rows)} records")
+        except Exception:  # noqa: BLE001 - isolate the failing records, one by one
+            rows, scored = self._score_one_by_one(rows, features, key, served, outcome)
+        elapsed = time.perf_counter() - started
+        if len(rows):
+            served.stats.record_batch(len(rows), elapsed)
+            outcome.groups.append(
+                ScoredGroup(key, served.identity, rows, scored, elapsed / len(rows))
+            )
+
+    def _score_one_by_one(
+        self,
+        rows: npt.NDArray[np.intp],
+        features: FloatMatrix,
+        key: str,
+        served: ServedModel,
+        outcome: BatchOutcome,
+    ) -> tuple[npt.NDArray[np.intp], np.ndarray]:
+        kept: list[int] = []
+        values: list[np.ndarray] = []
+        for position, row in enumerate(rows.tolist()):
+            try:
+                value = served.model.score_batch(features[position : position + 1])
+                if len(value) != 1:
+                    raise ScoringError(f"model returned {len(value)} outputs for 1 record")
+            except Exception as err:  # noqa: BLE001 - any model failure is this record's error
+                reason = f"model {served.identity.name!r} failed to score the record: {err}"
+                self._fail(outcome, np.array([row]), ScoringError(reason), key, served)
+                continue
+            kept.append(row)
+            values.append(value)
+        scored = np.concatenate(values) if values else np.empty(0)
+        return np.asarray(kept, dtype=np.intp), scored
+
+    def _fail(
+        self,
+        outcome: BatchOutcome,
+        rows: npt.NDArray[np.intp],
+        error: RejectedInput,
+        key: str,
+        served: ServedModel,
+    ) -> None:
+        served.stats.record_errors(len(rows))
+        _fail_rows(outcome, rows, error, key, served)
+
+    def _fail_incomplete(
+        self,
+        outcome: BatchOutcome,
+        rows: npt.NDArray[np.intp],
+        features: FloatMatrix,
+        key: str,
+        served: ServedModel,
+    ) -> None:
+        names = served.model.inputs.names or tuple(str(i) for i in range(features.shape[1]))
+        for row, missing in zip(rows.tolist(), np.isnan(features), strict=True):
+            absent = tuple(name for name, gone in zip(names, missing, strict=True) if gone)
+            self._fail(outcome, np.array([row]), missing_features_error(absent), key, served)
+
+    def close(self) -> None:
+        self._loader.close()
+        for slot in self.slots():
+            slot.close()
+
+
+def _group_rows(keys: Sequence[str | None]) -> dict[str, npt.NDArray[np.intp]]:
+    groups: dict[str, list[int]] = {}
+    for row, key in enumerate(keys):
+        if key is not None:
+            groups.setdefault(key, []).append(row)
+    return {key: np.asarray(rows, dtype=np.intp) for key, rows in groups.items()}
+
+
+def _no_model(key: str, slot: ModelSlot | None) -> NoModelError:
+    rejections = slot.rejections if slot is not None else []
+    if rejections:
+        latest = rejections[-1]
+        return NoModelError(
+            f"no model for key {key!r}: {slot.rejected_total if slot else 0} "
+            f"rejected, latest {latest.name!r}: {latest.reason}"
+        )
+    return NoModelError(f"no model for key {key!r} yet")
+
+
+def _fail_rows(
+    outcome: BatchOutcome,
+    rows: npt.NDArray[np.intp],
+    error: RejectedInput,
+    key: str,
+    served: ServedModel | None,
+) -> None:
+    identity = served.identity if served is not None else None
+    reason = str(error)
+    outcome.errors.extend(
+        RecordError(row, error.kind, reason, key, identity) for row in rows.tolist()
+    )

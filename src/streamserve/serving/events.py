@@ -1,0 +1,48 @@
+"""What happens to models, as events: the runtime publishes rejections to the errors output and
+the demo shows swaps. Produced by loader threads and the scoring thread; drained by the runtime.
+"""
+
+from __future__ import annotations
+
+import enum
+import queue
+import time
+from dataclasses import dataclass, field
+
+
+class ModelEventKind(enum.StrEnum):
+    STAGED = "model_staged"  # loaded and validated; current at the next batch of its key
+    SWAPPED = "model_swapped"  # became current at a batch boundary
+    REJECTED = "model_rejected"  # did not become current; ``reason`` says why
+    SUPERSEDED = "model_superseded"  # loaded after a newer model of its key: dropped
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    kind: ModelEventKind
+    key: str
+    name: str
+    version: str = ""
+    reason: str = ""
+    error_kind: str = ""
+    load_duration_s: float = 0.0
+    origin: str = ""
+    at: float = field(default_factory=time.time)
+
+
+class EventLog:
+    """A thread-safe queue of model events."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[ModelEvent] = queue.SimpleQueue()
+
+    def put(self, event: ModelEvent) -> None:
+        self._queue.put(event)
+
+    def drain(self) -> list[ModelEvent]:
+        events: list[ModelEvent] = []
+        while True:
+            try:
+                events.append(self._queue.get_nowait())
+            except queue.Empty:
+                return events

@@ -1,0 +1,62 @@
+"""Maps a batch's feature columns to a model's inputs: by name where the model names them.
+
+Names match exactly, else after normalization (case-insensitive; spaces, ``-``, ``.`` and ``_``
+alike), so the PMML field ``fixed acidity`` takes the WineRecord field ``fixed_acidity``.
+Positional models take the batch's columns in codec order and need exactly their width.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+
+from streamserve.errors import MissingFeaturesError
+from streamserve.formats.base import InputSpec
+
+_SEPARATORS = re.compile(r"[\s_\-.]+")
+
+
+def normalize_name(name: str) -> str:
+    return _SEPARATORS.sub("_", name.strip()).lower()
+
+
+@dataclass(frozen=True)
+class FeatureMapping:
+    """Column indices into the batch, in model input order; ``missing`` names absent columns."""
+
+    columns: npt.NDArray[np.intp]
+    missing: tuple[str, ...]
+
+
+@lru_cache(maxsize=4096)
+def map_features(batch_names: tuple[str, ...], spec: InputSpec) -> FeatureMapping:
+    """How to feed ``spec`` from a batch with ``batch_names``.
+
+    Raises :class:`MissingFeaturesError` for a positional model of another width. A named model
+    with absent columns gets a mapping whose ``missing`` lists them (its rows cannot be scored).
+    """
+    if spec.names is None:
+        if len(batch_names) != spec.width:
+            raise MissingFeaturesError(
+                f"model takes {spec.width} positional features, records carry "
+                f"{len(batch_names)} ({', '.join(batch_names) or 'none'})"
+            )
+        return FeatureMapping(np.arange(spec.width, dtype=np.intp), ())
+    exact = {name: index for index, name in enumerate(batch_names)}
+    loose = {normalize_name(name): index for index, name in enumerate(batch_names)}
+    columns: list[int] = []
+    missing: list[str] = []
+    for name in spec.names:
+        index = exact.get(name, loose.get(normalize_name(name), -1))
+        columns.append(index)
+        if index < 0:
+            missing.append(name)
+    return FeatureMapping(np.asarray(columns, dtype=np.intp), tuple(missing))
+
+
+def missing_features_error(names: tuple[str, ...]) -> MissingFeaturesError:
+    return MissingFeaturesError(f"record lacks feature(s) the model needs: {', '.join(names)}")

@@ -1,0 +1,236 @@
+"""Loads and validates models off the scoring path, then stages them in their slot.
+
+Every failure, of any kind, becomes a rejection with its reason: a bad model never replaces a
+good one. Validation: the model declares usable inputs, its inputs fit the columns the key's
+records carry (when records were seen), and it scores a probe batch (recent real rows of the
+key, else zeros) into one output per row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from streamserve.descriptor import ModelDescriptor
+from streamserve.errors import ModelLoadError, ModelValidationError, RejectedInput
+from streamserve.formats.artifact import (
+    Artifact,
+    InlineArtifact,
+    PathArtifact,
+    path_digest,
+    resolve_location,
+)
+from streamserve.formats.base import InputSpec, LoadRequest, Model
+from streamserve.formats.registry import FactoryRegistry
+from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
+from streamserve.serving.features import map_features
+from streamserve.serving.slot import (
+    ModelIdentity,
+    ModelSlot,
+    ObservedSchema,
+    Rejection,
+    ServedModel,
+)
+from streamserve.serving.stats import ModelServingInfo
+
+PROBE_ROWS = 2
+
+
+@dataclass(frozen=True)
+class LoadJob:
+    descriptor: ModelDescriptor
+    sequence: int
+    origin: str
+
+
+class ModelLoader:
+    def __init__(
+        self,
+        registry: FactoryRegistry,
+        events: EventLog,
+        slot_for: Callable[[str], ModelSlot],
+        *,
+        model_roots: Sequence[Path] = (),
+        threads: int = 1,
+    ) -> None:
+        self._registry = registry
+        self._events = events
+        self._slot_for = slot_for
+        self._model_roots = tuple(model_roots)
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="model-loader")
+        self._pending = 0
+        self._idle = threading.Condition()
+
+    def submit(self, job: LoadJob) -> Future[None]:
+        with self._idle:
+            self._pending += 1
+        return self._executor.submit(self._run, job)
+
+    def wait_idle(self, timeout_s: float | None = None) -> bool:
+        """Waits until every submitted model is staged or rejected; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._pending == 0, timeout=timeout_s)
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self, job: LoadJob) -> None:
+        try:
+            self._load_and_stage(job)
+        finally:
+            with self._idle:
+                self._pending -= 1
+                self._idle.notify_all()
+
+    def _load_and_stage(self, job: LoadJob) -> None:
+        descriptor = job.descriptor
+        slot = self._slot_for(descriptor.data_type)
+        started = time.perf_counter()
+        try:
+            artifact = self._artifact(descriptor)
+            descriptor = _with_location_digest(descriptor, artifact)
+            model = self._load(descriptor, artifact)
+            try:
+                validate(model, slot.observed_schema(), descriptor.name)
+            except BaseException:
+                model.close()
+                raise
+        except Exception as err:  # noqa: BLE001 - plug-in factories may raise anything
+            self._reject(slot, job, err)
+            return
+        served = ServedModel(
+            identity=_identity(descriptor, job.sequence),
+            model=model,
+            stats=ModelServingInfo(
+                descriptor.name,
+                descriptor.description,
+                descriptor.version_label,
+                descriptor.model_type_label,
+            ),
+            load_duration_s=time.perf_counter() - started,
+        )
+        staged = slot.stage(served)
+        if not staged:
+            served.close()
+        self._events.put(
+            ModelEvent(
+                ModelEventKind.STAGED if staged else ModelEventKind.SUPERSEDED,
+                slot.key,
+                descriptor.name,
+                descriptor.version_label,
+                load_duration_s=served.load_duration_s,
+                origin=job.origin,
+            )
+        )
+
+    def _load(self, descriptor: ModelDescriptor, artifact: Artifact) -> Model:
+        factory = self._registry.factory_for(descriptor.model_type)
+        request = LoadRequest(
+            name=descriptor.name,
+            artifact=artifact,
+            options=descriptor.options,
+            output=descriptor.output,
+            context=self._registry.context,
+        )
+        try:
+            model = factory.load(request)
+        except RejectedInput:
+            raise
+        except Exception as err:
+            raise ModelLoadError(f"{factory.format_name} factory failed: {err}") from err
+        if not isinstance(model, Model) or not isinstance(model.inputs, InputSpec):
+            raise ModelLoadError(
+                f"{factory.format_name} factory returned {type(model).__name__}, "
+                "not a Model with an InputSpec"
+            )
+        return model
+
+    def _artifact(self, descriptor: ModelDescriptor) -> Artifact:
+        if descriptor.data is not None:
+            return InlineArtifact(descriptor.data)
+        path = resolve_location(descriptor.location or "", self._model_roots)
+        if descriptor.sha256:
+            actual = path_digest(path)
+            if actual != descriptor.sha256:
+                raise ModelLoadError(
+                    f"location {path} does not match its sha256: declared "
+                    f"{descriptor.sha256[:12]}…, actual {actual[:12]}…"
+                )
+        return PathArtifact(path)
+
+    def _reject(self, slot: ModelSlot, job: LoadJob, err: Exception) -> None:
+        descriptor = job.descriptor
+        kind = err.kind if isinstance(err, RejectedInput) else ModelLoadError.kind
+        reason = str(err) or type(err).__name__
+        slot.reject(Rejection(slot.key, descriptor.name, descriptor.version_label, kind, reason))
+        self._events.put(
+            ModelEvent(
+                ModelEventKind.REJECTED,
+                slot.key,
+                descriptor.name,
+                descriptor.version_label,
+                reason=reason,
+                error_kind=kind,
+                origin=job.origin,
+            )
+        )
+
+
+def _with_location_digest(descriptor: ModelDescriptor, artifact: Artifact) -> ModelDescriptor:
+    """A location model without a declared digest gets the digest of what it points at."""
+    if isinstance(artifact, PathArtifact) and not descriptor.sha256:
+        return dataclasses.replace(descriptor, sha256=path_digest(artifact.path))
+    return descriptor
+
+
+def _identity(descriptor: ModelDescriptor, sequence: int) -> ModelIdentity:
+    return ModelIdentity(
+        name=descriptor.name,
+        version=descriptor.version_label,
+        description=descriptor.description,
+        model_type=descriptor.model_type_label,
+        sequence=sequence,
+    )
+
+
+def validate(model: Model, schema: ObservedSchema | None, name: str) -> None:
+    """Raises :class:`ModelValidationError` if ``model`` cannot serve the key's records."""
+    spec = model.inputs
+    if spec.width <= 0:
+        raise ModelValidationError(f"model {name!r} declares {spec.width} inputs")
+    probe = np.zeros((PROBE_ROWS, spec.width))
+    if schema is not None:
+        try:
+            mapping = map_features(schema.feature_names, spec)
+        except RejectedInput as err:
+            raise ModelValidationError(
+                f"model {name!r} does not fit the records of its key: {err}"
+            ) from err
+        if mapping.missing:
+            raise ModelValidationError(
+                f"model {name!r} needs features the records of its key do not carry: "
+                f"{', '.join(mapping.missing)} (records carry {', '.join(schema.feature_names)})"
+            )
+        if len(schema.sample):
+            probe = schema.sample[:, mapping.columns]
+    try:
+        output = model.score_batch(probe)
+    except Exception as err:
+        raise ModelValidationError(
+            f"model {name!r} raised scoring a probe batch of {len(probe)} rows: {err}"
+        ) from err
+    if len(output) != len(probe):
+        raise ModelValidationError(
+            f"model {name!r} returned {len(output)} outputs for a probe batch of {len(probe)} rows"
+        )

@@ -1,0 +1,55 @@
+"""What scoring a batch produced: exactly one result or one error per input record."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from streamserve.codecs.base import InputRecord
+from streamserve.serving.slot import ModelIdentity
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredGroup:
+    """Records of one key scored together by one model; ``rows`` index the batch."""
+
+    key: str
+    model: ModelIdentity
+    rows: npt.NDArray[np.intp]
+    values: np.ndarray
+    scoring_s_per_record: float
+
+
+@dataclass(frozen=True, slots=True)
+class RecordError:
+    """An input record that produced no result, and why."""
+
+    row: int
+    kind: str
+    reason: str
+    key: str | None = None
+    model: ModelIdentity | None = None
+
+
+@dataclass
+class BatchOutcome:
+    records: Sequence[InputRecord]
+    groups: list[ScoredGroup] = field(default_factory=list)
+    errors: list[RecordError] = field(default_factory=list)
+
+    @property
+    def result_count(self) -> int:
+        return sum(len(group.rows) for group in self.groups)
+
+    @property
+    def error_count(self) -> int:
+        return len(self.errors)
+
+    def results(self) -> Iterator[tuple[int, ScoredGroup, object]]:
+        """``(row, group, value)`` for every scored record."""
+        for group in self.groups:
+            for row, value in zip(group.rows.tolist(), group.values, strict=True):
+                yield row, group, value

@@ -1,0 +1,163 @@
+"""ModelSlot: the current, staged and previous model of one key (data type).
+
+Loader threads stage models; the scoring thread takes the model for each batch with
+:meth:`ModelSlot.model_for_batch`, which promotes a staged model first. So a swap happens only
+at a batch boundary: a batch is scored by one model from its first record to its last.
+
+Each submitted model carries a sequence number; a model is staged only if it is newer than the
+slot's current and staged ones, so a slow load of an older model can never replace a newer one.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from streamserve.formats.base import FloatMatrix, Model
+from streamserve.serving.stats import ModelServingInfo, ServingInfoSnapshot
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What results and events say about a model."""
+
+    name: str
+    version: str
+    description: str
+    model_type: str
+    sequence: int
+
+
+@dataclass
+class ServedModel:
+    identity: ModelIdentity
+    model: Model
+    stats: ModelServingInfo
+    load_duration_s: float
+
+    def close(self) -> None:
+        self.model.close()
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A model that did not become current, and why."""
+
+    key: str
+    name: str
+    version: str
+    kind: str
+    reason: str
+    at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True)
+class ObservedSchema:
+    """The feature columns of the key's latest records and a few rows to validate new models."""
+
+    feature_names: tuple[str, ...]
+    sample: FloatMatrix
+
+
+class ModelSlot:
+    def __init__(self, key: str, max_rejections: int = 20, max_history: int = 20) -> None:
+        self.key = key
+        self._lock = threading.Lock()
+        self._history: deque[ServingInfoSnapshot] = deque(maxlen=max_history)
+        self._current: ServedModel | None = None
+        self._staged: ServedModel | None = None
+        self._previous: ServedModel | None = None
+        self._rejections: deque[Rejection] = deque(maxlen=max_rejections)
+        self._rejected_total = 0
+        self._schema: ObservedSchema | None = None
+
+    # --- loader side -------------------------------------------------------------------------
+    def stage(self, served: ServedModel) -> bool:
+        """Stages ``served`` unless a newer model is current or staged; returns whether it was."""
+        with self._lock:
+            newest = max(
+                (m.identity.sequence for m in (self._current, self._staged) if m is not None),
+                default=-1,
+            )
+            if served.identity.sequence <= newest:
+                return False
+            superseded, self._staged = self._staged, served
+        if superseded is not None:
+            superseded.close()  # never served: no thread holds it
+        return True
+
+    def reject(self, rejection: Rejection) -> None:
+        with self._lock:
+            self._rejections.append(rejection)
+            self._rejected_total += 1
+
+    def observed_schema(self) -> ObservedSchema | None:
+        with self._lock:
+            return self._schema
+
+    # --- scoring side (one thread) -----------------------------------------------------------
+    def model_for_batch(self) -> tuple[ServedModel | None, bool]:
+        """The model to score the next batch with, and whether it was just swapped in."""
+        with self._lock:
+            staged, self._staged = self._staged, None
+            if staged is None:
+                return self._current, False
+            retired, self._previous, self._current = self._previous, self._current, staged
+            if self._previous is not None:
+                self._history.append(self._previous.stats.snapshot())
+        staged.stats.mark_current()
+        if retired is not None:
+            retired.close()
+        return staged, True
+
+    def observe(self, feature_names: tuple[str, ...], rows: FloatMatrix, keep: int) -> None:
+        """Remembers the latest records' columns and up to ``keep`` of their complete rows."""
+        complete = rows[~np.isnan(rows).any(axis=1)][-keep:]
+        with self._lock:
+            previous = self._schema
+            if (
+                previous is not None
+                and previous.feature_names == feature_names
+                and not len(complete)
+            ):
+                return
+            self._schema = ObservedSchema(feature_names, complete.copy())
+
+    # --- readers -----------------------------------------------------------------------------
+    @property
+    def current(self) -> ServedModel | None:
+        return self._current
+
+    @property
+    def staged(self) -> ServedModel | None:
+        return self._staged
+
+    @property
+    def previous(self) -> ServedModel | None:
+        return self._previous
+
+    @property
+    def rejections(self) -> list[Rejection]:
+        with self._lock:
+            return list(self._rejections)
+
+    def served_history(self) -> list[ServingInfoSnapshot]:
+        """Final statistics of the models this key served before its current one, oldest first."""
+        with self._lock:
+            return list(self._history)
+
+    @property
+    def rejected_total(self) -> int:
+        return self._rejected_total
+
+    def close(self) -> None:
+        with self._lock:
+            models = [self._current, self._staged, self._previous]
+            self._current = self._staged = self._previous = None
+        for served in models:
+            if served is not None:
+                served.close()

@@ -1,0 +1,93 @@
+"""Configuration as values: pydantic models, read from a TOML file and ``STREAMSERVE_*`` env vars.
+
+Nothing reads configuration globally: :func:`load_settings` returns a value that the CLI passes
+to constructors. Environment variables override the file; nested fields use ``__``, e.g.
+``STREAMSERVE_BATCH__MAX_RECORDS=4096``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from streamserve.errors import ConfigurationError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServingSettings(_Section):
+    loader_threads: int = Field(1, ge=1, description="threads loading and validating models")
+    threads_per_model: int = Field(1, ge=1, description="intra-op threads of each model runtime")
+    model_roots: list[Path] = Field(
+        default_factory=list, description="directories a descriptor's location may point into"
+    )
+    validation_rows: int = Field(8, ge=1, description="recent rows per key kept to probe models")
+    max_rejections_kept: int = Field(20, ge=1, description="recent rejections kept per key")
+
+
+class BatchSettings(_Section):
+    max_records: int = Field(1024, ge=1, description="a micro-batch closes at this size")
+    max_delay_ms: float = Field(5.0, ge=0, description="... or this long after its first record")
+
+
+class CodecSettings(_Section):
+    format: Literal["json", "csv", "wine-protobuf", "wine-csv"] = "json"
+    key_field: str = "dataType"
+    key: str | None = Field(None, description="a constant key for every record")
+    prefer_message_key: bool = False
+    csv_columns: list[str] = Field(default_factory=list)
+    csv_delimiter: str = ","
+    csv_ignore: list[str] = Field(default_factory=list)
+
+
+class LocalSettings(_Section):
+    data: str = Field("-", description="data file (one record per line), or - for stdin")
+    models_dir: Path | None = Field(None, description="watched for model files and descriptors")
+    results: str = Field("-", description="results file (JSON lines), or - for stdout")
+    errors: str = Field("-", description="errors file (JSON lines), or - for stderr")
+    poll_interval_ms: float = Field(200.0, gt=0, description="how often models_dir is scanned")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="STREAMSERVE_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    codec: CodecSettings = Field(default_factory=CodecSettings)
+    local: LocalSettings = Field(default_factory=LocalSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+
+def load_settings(toml_file: Path | None = None) -> Settings:
+    """Settings from the environment > ``toml_file`` > defaults."""
+    if toml_file is None:
+        return Settings()
+    if not toml_file.is_file():
+        raise ConfigurationError(f"settings file {toml_file} does not exist")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**Settings.model_config, toml_file=toml_file)
+
+    return FileSettings()
