@@ -59,11 +59,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--count", type=int, help="stop after this many records")
     serve.add_argument("--timeout-s", type=float, help="stop after this many seconds")
-    serve.add_argument(
-        "--follow",
-        action="store_true",
-        help="keep serving at the end of the data file (with --data -, until EOF)",
-    )
     serve.set_defaults(handler=_serve)
     return parser
 

@@ -17,8 +17,6 @@ from streamserve.serving.outcome import BatchOutcome, RecordError
 
 Encoded = tuple[bytes | None, bytes]  # (message key, message value)
 
-_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-
 
 def encode_outcome(outcome: BatchOutcome) -> tuple[list[Encoded], list[Encoded]]:
     """``(results, errors)`` encoded, each in input order."""
@@ -27,7 +25,7 @@ def encode_outcome(outcome: BatchOutcome) -> tuple[list[Encoded], list[Encoded]]
         key = group.key.encode()
         model = group.model
         scoring_us = round(group.scoring_s_per_record * 1e6, 3)
-        for row, value in zip(group.rows.tolist(), group.values, strict=True):
+        for row, value in zip(group.rows.tolist(), group.values.tolist(), strict=True):
             document = {
                 "key": group.key,
                 "model": model.name,
@@ -36,7 +34,7 @@ def encode_outcome(outcome: BatchOutcome) -> tuple[list[Encoded], list[Encoded]]
                 "position": outcome.records[row].position,
                 "scoring_us": scoring_us,
             }
-            results.append((row, (key, orjson.dumps(document, option=_OPTIONS))))
+            results.append((row, (key, orjson.dumps(document))))
     results.sort(key=lambda item: item[0])
     errors = [
         encode_record_error(error, outcome.records[error.row])

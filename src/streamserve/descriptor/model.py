@@ -63,6 +63,11 @@ class ModelDescriptor:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        if self.output not in OutputRule._value2member_map_:
+            raise DescriptorError(
+                f"model descriptor {self.name!r}: unknown output rule {self.output}"
+            )
+        object.__setattr__(self, "output", OutputRule(self.output))
         _check_fields(self)
 
     @property
@@ -125,9 +130,6 @@ def decode_descriptor(payload: bytes) -> ModelDescriptor:
         raise DescriptorError(
             f"model message ({len(payload)} bytes) is not a ModelDescriptor protobuf: {err}"
         ) from err
-    output = int(message.output)
-    if output not in OutputRule._value2member_map_:
-        raise DescriptorError(f"model descriptor {message.name!r}: unknown output rule {output}")
     content = message.WhichOneof("MessageContent")
     return ModelDescriptor(
         name=message.name,
@@ -139,7 +141,7 @@ def decode_descriptor(payload: bytes) -> ModelDescriptor:
         version=message.version,
         sha256=message.sha256,
         options=dict(message.options),
-        output=OutputRule(output),
+        output=message.output,  # type: ignore[arg-type]  # checked in __post_init__
     )
 
 

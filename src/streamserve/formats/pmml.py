@@ -26,13 +26,30 @@ def _jpmml() -> tuple[Any, Any]:
     global _backend
     try:
         import jpmml_evaluator
+        import jpype
         from jpmml_evaluator.jpype import JPypeBackend
     except ImportError as err:
         raise MissingDependencyError("jpmml-evaluator (for PMML models)", "pmml") from err
     with _backend_lock:
         if _backend is None:
             _backend = JPypeBackend()
+            # The JVM counts the thread that created it as its non-daemon "main" thread and waits
+            # for it at exit, even after that (loader) thread has ended: the process would hang.
+            jpype.java.lang.Thread.detach()
+    attach_as_daemon()
     return jpmml_evaluator, _backend
+
+
+def attach_as_daemon() -> None:
+    """Attaches the calling thread to the JVM as a daemon, so exit never waits for it.
+
+    JPype attaches a thread on its first Java call as a non-daemon thread; a scoring or loader
+    thread that ends without detaching would keep the JVM, and so the process, from exiting.
+    """
+    import jpype
+
+    if not jpype.java.lang.Thread.isAttached():
+        jpype.java.lang.Thread.attachAsDaemon()
 
 
 class PmmlModel:
@@ -52,6 +69,7 @@ class PmmlModel:
         return self._inputs
 
     def score_batch(self, features: FloatMatrix) -> np.ndarray:
+        attach_as_daemon()
         frame = self._pandas.DataFrame(features, columns=list(self._inputs.names or ()))
         results = self._evaluator.evaluateAll(frame)
         if "errors" in results.columns:

@@ -169,9 +169,7 @@ class ServingCore:
     ) -> None:
         started = time.perf_counter()
         try:
-            scored = served.model.score_batch(features)
-            if len(scored) != len(rows):
-                raise ScoringError(f"model returned {len(scored)} outputs for {len(rows)} records")
+            scored = _checked_output(served.model.score_batch(features), len(rows))
         except Exception:  # noqa: BLE001 - isolate the failing records, one by one
             rows, scored = self._score_one_by_one(rows, features, key, served, outcome)
         elapsed = time.perf_counter() - started
@@ -193,9 +191,9 @@ class ServingCore:
         values: list[np.ndarray] = []
         for position, row in enumerate(rows.tolist()):
             try:
-                value = served.model.score_batch(features[position : position + 1])
-                if len(value) != 1:
-                    raise ScoringError(f"model returned {len(value)} outputs for 1 record")
+                value = _checked_output(
+                    served.model.score_batch(features[position : position + 1]), 1
+                )
             except Exception as err:  # noqa: BLE001 - any model failure is this record's error
                 reason = f"model {served.identity.name!r} failed to score the record: {err}"
                 self._fail(outcome, np.array([row]), ScoringError(reason), key, served)
@@ -233,6 +231,24 @@ class ServingCore:
         self._loader.close()
         for slot in self.slots():
             slot.close()
+
+
+PUBLISHABLE_KINDS = frozenset("biufUS")
+
+
+def _checked_output(output: object, rows: int) -> np.ndarray:
+    """The model's output if it has one number, string or vector of numbers per row."""
+    values = np.asarray(output)
+    if values.ndim == 0 or len(values) != rows:
+        raise ScoringError(
+            f"model returned {values.size if values.ndim == 0 else len(values)} "
+            f"outputs for {rows} records"
+        )
+    if values.dtype.kind == "O" and all(isinstance(v, str) for v in values.ravel().tolist()):
+        return values
+    if values.dtype.kind not in PUBLISHABLE_KINDS:
+        raise ScoringError(f"model returned values of type {values.dtype}, not numbers or strings")
+    return values
 
 
 def _group_rows(keys: Sequence[str | None]) -> dict[str, npt.NDArray[np.intp]]:

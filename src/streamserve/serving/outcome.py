@@ -51,5 +51,5 @@ class BatchOutcome:
     def results(self) -> Iterator[tuple[int, ScoredGroup, object]]:
         """``(row, group, value)`` for every scored record."""
         for group in self.groups:
-            for row, value in zip(group.rows.tolist(), group.values, strict=True):
+            for row, value in zip(group.rows.tolist(), group.values.tolist(), strict=True):
                 yield row, group, value
