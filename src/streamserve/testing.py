@@ -20,8 +20,14 @@ import orjson
 
 from streamserve.codecs.base import Codec, InputRecord
 from streamserve.descriptor import ModelDescriptor, encode_descriptor
-from streamserve.formats.base import FactoryContext, FloatMatrix, InputSpec, LoadRequest, Model
-from streamserve.formats.base import ModelFactory
+from streamserve.formats.base import (
+    FactoryContext,
+    FloatMatrix,
+    InputSpec,
+    LoadRequest,
+    Model,
+    ModelFactory,
+)
 from streamserve.runtime.local import LocalRuntime, RunSummary
 from streamserve.runtime.streams import MemorySink, MemorySource, ModelQueue
 from streamserve.serving.core import ServingCore

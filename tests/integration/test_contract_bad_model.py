@@ -174,15 +174,18 @@ def test_a_bad_model_is_rejected_and_the_current_model_keeps_serving(
     after = serve_records(core, codec, records[10:], models=[make(tmp_path, wine_dir)])
 
     assert {r["model"] for r in after.results} == {"good"}, "the bad model replaced the good one"
-    assert len(after.results) == 10 and all(r["value"] == 1.0 for r in after.results)
+    assert len(after.results) == 10
+    assert all(r["value"] == 1.0 for r in after.results)
     rejections = [e for e in after.errors if e["kind"] == "model_rejected"]
     assert len(rejections) == 1, after.errors
     assert rejections[0]["error_kind"] == kind
     assert reason in rejections[0]["reason"]
     slot = core.slot("wine")
-    assert slot.current is not None and slot.current.identity.name == "good"
+    assert slot.current is not None
+    assert slot.current.identity.name == "good"
     if kind != "bad_descriptor":  # an undecodable message has no key, so no slot to count in
-        assert slot.rejected_total == 1 and reason in slot.rejections[0].reason
+        assert slot.rejected_total == 1
+        assert reason in slot.rejections[0].reason
     else:
         assert core.counts["model_messages_rejected"] == 1
 

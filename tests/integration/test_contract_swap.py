@@ -63,7 +63,8 @@ def test_records_before_the_swap_use_the_old_model_and_after_it_the_new(
 
     models = [model for _, model, _ in scored]
     first_new = models.index("new")
-    assert set(models[:first_new]) == {"old"} and set(models[first_new:]) == {"new"}
+    assert set(models[:first_new]) == {"old"}
+    assert set(models[first_new:]) == {"new"}
     assert first_new % 10 == 0, "the swap happened inside a batch"
     assert first_new >= 30, "records before the publication were scored by the new model"
     assert all(value == {"old": 1.0, "new": 2.0}[model] for _, model, value in scored), (
@@ -84,8 +85,10 @@ def test_the_swap_is_reported_once_with_the_new_models_identity(core: ServingCor
     swaps = [(e.name, e.version) for e in core.drain_events() if e.kind is ModelEventKind.SWAPPED]
     assert swaps == [("first", "v1"), ("second", "v2")]
     slot = core.slot("wine")
-    assert slot.current is not None and slot.current.identity.name == "second"
-    assert slot.previous is not None and slot.previous.identity.name == "first"
+    assert slot.current is not None
+    assert slot.current.identity.name == "second"
+    assert slot.previous is not None
+    assert slot.previous.identity.name == "first"
     assert [s.name for s in slot.served_history()] == ["first"]
     assert slot.served_history()[0].invocations == 2
 
