@@ -88,6 +88,6 @@ def load_settings(toml_file: Path | None = None) -> Settings:
         raise ConfigurationError(f"settings file {toml_file} does not exist")
 
     class FileSettings(Settings):
-        model_config = SettingsConfigDict(**Settings.model_config, toml_file=toml_file)
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": toml_file})
 
     return FileSettings()

@@ -40,5 +40,6 @@ def generate(out_dir: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in generate(GENERATED_DIR):
+    # ``python -m streamserve.descriptor.codegen [OUT_DIR]``: the committed folder by default.
+    for path in generate(Path(sys.argv[1]) if len(sys.argv) > 1 else GENERATED_DIR):
         print(path)

@@ -181,7 +181,10 @@ class SavedModelFactory:
     def load(self, request: LoadRequest) -> Model:
         tf = _tensorflow(self._context)
         where = f"TensorFlow SavedModel {request.name!r}"
-        directory, scratch = materialize_directory(request.artifact)
+        try:
+            directory, scratch = materialize_directory(request.artifact)
+        except ModelLoadError as err:
+            raise ModelLoadError(f"{where}: {err}") from err
         try:
             loaded = tf.saved_model.load(str(directory))
             signature = _pick(request.options, "signature", list(loaded.signatures.keys()), where)

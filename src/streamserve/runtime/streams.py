@@ -127,17 +127,17 @@ class StreamSource(MemorySource):
         self._thread.start()
 
     def _pump(self) -> None:
+        chunk: list[InputRecord] = []
         try:
-            chunk: list[InputRecord] = []
             for number, payload in enumerate(self._frames(self._stream), start=1):
                 chunk.append(InputRecord(payload, position=f"{self._name}:{number}"))
                 if len(chunk) >= 256:
                     self._put_bounded(chunk)
                     chunk = []
-            self._put_bounded(chunk)
         except (OSError, ValueError) as err:
-            self.error = err
+            self.error = err  # reported once the records read before it are consumed
         finally:
+            self._put_bounded(chunk)
             self.close()
 
     def poll(self, max_records: int, timeout_s: float) -> list[InputRecord]:

@@ -126,9 +126,9 @@ class ServingCore:
     ) -> None:
         slot = self._slots.get(key)
         served, swapped = slot.model_for_batch() if slot is not None else (None, False)
-        values = batch.values[rows]
+        names, values = _columns_of(batch, rows)
         if slot is not None:
-            slot.observe(batch.feature_names, values, self._settings.validation_rows)
+            slot.observe(names, values, self._settings.validation_rows)
         if served is None:
             _fail_rows(outcome, rows, _no_model(key, slot), key, None)
             return
@@ -144,7 +144,7 @@ class ServingCore:
                 )
             )
         try:
-            mapping = map_features(batch.feature_names, served.model.inputs)
+            mapping = map_features(names, served.model.inputs)
         except MissingFeaturesError as err:
             self._fail(outcome, rows, err, key, served)
             return
@@ -154,7 +154,10 @@ class ServingCore:
         features = values[:, mapping.columns]
         incomplete = np.isnan(features).any(axis=1)
         if incomplete.any():
-            self._fail_incomplete(outcome, rows[incomplete], features[incomplete], key, served)
+            model_names = served.model.inputs.names or tuple(names[i] for i in mapping.columns)
+            self._fail_incomplete(
+                outcome, rows[incomplete], features[incomplete], model_names, key, served
+            )
             rows, features = rows[~incomplete], features[~incomplete]
         if len(rows):
             self._score_rows(rows, features, key, served, outcome)
@@ -219,10 +222,10 @@ class ServingCore:
         outcome: BatchOutcome,
         rows: npt.NDArray[np.intp],
         features: FloatMatrix,
+        names: tuple[str, ...],
         key: str,
         served: ServedModel,
     ) -> None:
-        names = served.model.inputs.names or tuple(str(i) for i in range(features.shape[1]))
         for row, missing in zip(rows.tolist(), np.isnan(features), strict=True):
             absent = tuple(name for name, gone in zip(names, missing, strict=True) if gone)
             self._fail(outcome, np.array([row]), missing_features_error(absent), key, served)
@@ -249,6 +252,23 @@ def _checked_output(output: object, rows: int) -> np.ndarray:
     if values.dtype.kind not in PUBLISHABLE_KINDS:
         raise ScoringError(f"model returned values of type {values.dtype}, not numbers or strings")
     return values
+
+
+def _columns_of(
+    batch: DecodedBatch, rows: npt.NDArray[np.intp]
+) -> tuple[tuple[str, ...], FloatMatrix]:
+    """The feature columns that the records at ``rows`` carry, and their values.
+
+    A batch's columns are the union over all its records; a key's records may carry fewer (other
+    keys have other schemas), and a positional model must see only its own records' columns.
+    """
+    values = batch.values[rows]
+    present = np.asarray(~np.isnan(values).all(axis=0))
+    if present.all():
+        return batch.feature_names, values
+    kept = present.tolist()
+    names = tuple(name for name, keep in zip(batch.feature_names, kept, strict=True) if keep)
+    return names, values[:, present]
 
 
 def _group_rows(keys: Sequence[str | None]) -> dict[str, npt.NDArray[np.intp]]:

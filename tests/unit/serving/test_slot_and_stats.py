@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import numpy as np
+
+from streamserve.serving.slot import ModelIdentity, ModelSlot, Rejection, ServedModel
+from streamserve.serving.stats import LATENCY_BUCKETS_S, ModelServingInfo
+from streamserve.testing import FunctionModel
+
+
+def served(name: str, sequence: int) -> ServedModel:
+    return ServedModel(
+        ModelIdentity(name, "v", "", "ONNX", sequence),
+        FunctionModel(lambda x: x[:, 0], width=1),
+        ModelServingInfo(name, "", "v", "ONNX"),
+        load_duration_s=0.0,
+    )
+
+
+def test_staged_model_becomes_current_at_the_next_batch_and_the_old_one_is_kept() -> None:
+    slot = ModelSlot("k")
+    first, second = served("first", 1), served("second", 2)
+    assert slot.stage(first)
+    assert slot.model_for_batch() == (first, True)
+    assert slot.model_for_batch() == (first, False)
+    assert slot.stage(second)
+    assert slot.current is first, "a staged model must wait for the batch boundary"
+    assert slot.model_for_batch() == (second, True)
+    assert slot.previous is first
+    assert second.stats.snapshot().since > 0
+
+
+def test_an_older_model_never_replaces_a_newer_one() -> None:
+    slot = ModelSlot("k")
+    newer, older = served("newer", 5), served("older", 3)
+    assert slot.stage(newer)
+    assert not slot.stage(older)
+    assert slot.model_for_batch()[0] is newer
+
+
+def test_a_superseded_staged_model_and_a_retired_model_are_closed() -> None:
+    slot = ModelSlot("k")
+    models = [served(f"m{i}", i) for i in range(4)]
+    slot.stage(models[0])
+    slot.model_for_batch()
+    slot.stage(models[1])
+    slot.stage(models[2])  # supersedes m1 before it ever served
+    assert models[1].model.closed  # type: ignore[attr-defined]
+    slot.model_for_batch()
+    slot.stage(models[3])
+    slot.model_for_batch()  # m3 current, m2 previous, m0 retired
+    assert models[0].model.closed  # type: ignore[attr-defined]
+    assert not models[2].model.closed  # type: ignore[attr-defined]
+    assert [s.name for s in slot.served_history()] == ["m0", "m2"]
+
+
+def test_rejections_are_kept_boundedly_and_counted() -> None:
+    slot = ModelSlot("k", max_rejections=2)
+    for i in range(3):
+        slot.reject(Rejection("k", f"bad{i}", "", "model_load_failed", "why"))
+    assert [r.name for r in slot.rejections] == ["bad1", "bad2"]
+    assert slot.rejected_total == 3
+
+
+def test_observe_keeps_only_complete_recent_rows() -> None:
+    slot = ModelSlot("k")
+    slot.observe(("a", "b"), np.array([[1.0, np.nan], [2.0, 3.0], [4.0, 5.0]]), keep=1)
+    schema = slot.observed_schema()
+    assert schema is not None
+    assert schema.feature_names == ("a", "b")
+    assert schema.sample.tolist() == [[4.0, 5.0]]
+
+
+def test_serving_info_amortizes_batch_durations_per_record() -> None:
+    info = ModelServingInfo("m", "d", "v", "ONNX")
+    info.record_batch(100, 0.002)
+    info.record_batch(10, 0.001)
+    info.record_errors(3)
+    snapshot = info.snapshot()
+    assert snapshot.invocations == 110
+    assert snapshot.batches == 2
+    assert snapshot.errors == 3
+    assert snapshot.min_duration_s == 0.002 / 100
+    assert snapshot.max_duration_s == 0.001 / 10
+    assert snapshot.average_duration_s == 0.003 / 110
+    assert sum(snapshot.batch_latency_counts) == 2
+    assert len(snapshot.batch_latency_counts) == len(LATENCY_BUCKETS_S) + 1
