@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from streamserve.codecs.base import Codec, InputRecord
-from streamserve.codecs.output import encode_model_event, encode_outcome
 from streamserve.errors import DescriptorError
+from streamserve.runtime.encoding import encode_model_event, encode_outcome
 from streamserve.runtime.model_directory import ModelMessage
 from streamserve.runtime.streams import Sink, Source
 from streamserve.serving.core import ServingCore

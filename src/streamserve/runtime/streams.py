@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO, Protocol
 
 from streamserve.codecs.base import InputRecord
-from streamserve.codecs.output import Encoded
 from streamserve.errors import InfrastructureError
+from streamserve.runtime.encoding import Encoded
 from streamserve.runtime.model_directory import ModelMessage
 
 
