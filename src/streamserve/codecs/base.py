@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -75,15 +75,45 @@ class Codec(Protocol):
     def decode(self, records: Sequence[InputRecord]) -> DecodedBatch: ...
 
 
+Row = TypeVar("Row")
+
+
+@dataclass
+class DecodedRecords(Generic[Row]):
+    """Per-record decoding results: a row and a key, or ``None`` and an error at that index."""
+
+    rows: list[Row | None] = field(default_factory=list)
+    keys: list[str | None] = field(default_factory=list)
+    errors: dict[int, RecordDecodeError] = field(default_factory=dict)
+
+
+def decode_each(
+    records: Sequence[InputRecord], decode_one: Callable[[InputRecord], tuple[str, Row]]
+) -> DecodedRecords[Row]:
+    """Runs ``decode_one`` on every record; one that raises RecordDecodeError fails alone."""
+    decoded: DecodedRecords[Row] = DecodedRecords()
+    for index, record in enumerate(records):
+        try:
+            key, row = decode_one(record)
+        except RecordDecodeError as err:
+            decoded.errors[index] = err
+            decoded.rows.append(None)
+            decoded.keys.append(None)
+        else:
+            decoded.rows.append(row)
+            decoded.keys.append(key)
+    return decoded
+
+
 def batch_from_rows(
     records: Sequence[InputRecord],
     names: tuple[str, ...],
-    rows: list[Sequence[float] | None],
-    keys: list[str | None],
-    errors: dict[int, RecordDecodeError],
+    decoded: DecodedRecords[Sequence[float]],
 ) -> DecodedBatch:
-    """A DecodedBatch from per-record rows of ``len(names)`` floats (``None`` for failures)."""
+    """A DecodedBatch from per-record rows of ``len(names)`` floats."""
     width = len(names)
     blank = [np.nan] * width
-    matrix = np.array([blank if row is None else row for row in rows], dtype=np.float64)
-    return DecodedBatch(records, keys, names, matrix.reshape(len(records), width), errors)
+    matrix = np.array([blank if row is None else row for row in decoded.rows], dtype=np.float64)
+    return DecodedBatch(
+        records, decoded.keys, names, matrix.reshape(len(records), width), decoded.errors
+    )

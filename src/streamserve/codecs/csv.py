@@ -9,7 +9,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from streamserve.codecs.base import DecodedBatch, InputRecord, KeyRule, batch_from_rows
+from streamserve.codecs.base import (
+    DecodedBatch,
+    InputRecord,
+    KeyRule,
+    batch_from_rows,
+    decode_each,
+)
 from streamserve.codecs.protobuf import WINE_FEATURES
 from streamserve.errors import RecordDecodeError
 
@@ -43,29 +49,18 @@ class CsvCodec:
         key_column = (
             self.columns.index(self.key_rule.field) if self.key_rule.field in self.columns else None
         )
-        rows: list[Sequence[float] | None] = []
-        keys: list[str | None] = []
-        errors: dict[int, RecordDecodeError] = {}
-        for index, record in enumerate(records):
+
+        def decode_one(record: InputRecord) -> tuple[str, Sequence[float]]:
+            cells = self._cells(record)
+            key = self.key_rule.resolve(record, None if key_column is None else cells[key_column])
             try:
-                cells = self._cells(record)
-                key = self.key_rule.resolve(
-                    record, None if key_column is None else cells[key_column]
-                )
-                row = [float(cells[column]) for column in feature_columns]
+                return key, [float(cells[column]) for column in feature_columns]
             except ValueError as err:
-                errors[index] = RecordDecodeError(
+                raise RecordDecodeError(
                     f"CSV record has a value that is not a number: {err}"
-                )
-            except RecordDecodeError as err:
-                errors[index] = err
-            else:
-                rows.append(row)
-                keys.append(key)
-                continue
-            rows.append(None)
-            keys.append(None)
-        return batch_from_rows(records, names, rows, keys, errors)
+                ) from err
+
+        return batch_from_rows(records, names, decode_each(records, decode_one))
 
     def _cells(self, record: InputRecord) -> list[str]:
         try:

@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from streamserve.codecs.base import DecodedBatch, InputRecord, KeyRule, batch_from_rows
+from streamserve.codecs.base import (
+    DecodedBatch,
+    DecodedRecords,
+    InputRecord,
+    KeyRule,
+    batch_from_rows,
+    decode_each,
+)
 from streamserve.errors import RecordDecodeError
 
 FEATURES_FIELD = "features"
@@ -25,24 +32,14 @@ class JsonCodec:
     name: str = "json"
 
     def decode(self, records: Sequence[InputRecord]) -> DecodedBatch:
-        parsed: list[dict[str, float] | None] = []
-        keys: list[str | None] = []
-        errors: dict[int, RecordDecodeError] = {}
-        for index, record in enumerate(records):
-            try:
-                key, features = self._decode_one(record)
-            except RecordDecodeError as err:
-                errors[index] = err
-                parsed.append(None)
-                keys.append(None)
-                continue
-            parsed.append(features)
-            keys.append(key)
-        names = _column_names(parsed)
-        rows: list[Sequence[float] | None] = [
-            None if features is None else _row(features, names) for features in parsed
-        ]
-        return batch_from_rows(records, names, rows, keys, errors)
+        decoded = decode_each(records, self._decode_one)
+        names = _column_names(decoded.rows)
+        rows = DecodedRecords[Sequence[float]](
+            [None if features is None else _row(features, names) for features in decoded.rows],
+            decoded.keys,
+            decoded.errors,
+        )
+        return batch_from_rows(records, names, rows)
 
     def _decode_one(self, record: InputRecord) -> tuple[str, dict[str, float]]:
         try:

@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
 
-from streamserve.codecs.base import DecodedBatch, InputRecord, KeyRule, batch_from_rows
+from streamserve.codecs.base import (
+    DecodedBatch,
+    InputRecord,
+    KeyRule,
+    batch_from_rows,
+    decode_each,
+)
 from streamserve.descriptor._generated import winerecord_pb2
 from streamserve.errors import RecordDecodeError
 
@@ -40,24 +46,16 @@ class WineRecordCodec:
     name: str = "wine-protobuf"
 
     def decode(self, records: Sequence[InputRecord]) -> DecodedBatch:
-        rows: list[Sequence[float] | None] = []
-        keys: list[str | None] = []
-        errors: dict[int, RecordDecodeError] = {}
         message = winerecord_pb2.WineRecord()
-        for index, record in enumerate(records):
+
+        def decode_one(record: InputRecord) -> tuple[str, Sequence[float]]:
             try:
                 message.ParseFromString(record.payload)
-                key = self.key_rule.resolve(record, message.dataType)
             except DecodeError as err:
-                errors[index] = RecordDecodeError(
+                raise RecordDecodeError(
                     f"record ({len(record.payload)} bytes) is not a WineRecord protobuf: {err}"
-                )
-            except RecordDecodeError as err:
-                errors[index] = err
-            else:
-                rows.append([getattr(message, name) for name in WINE_FEATURES])
-                keys.append(key)
-                continue
-            rows.append(None)
-            keys.append(None)
-        return batch_from_rows(records, WINE_FEATURES, rows, keys, errors)
+                ) from err
+            key = self.key_rule.resolve(record, message.dataType)
+            return key, [getattr(message, name) for name in WINE_FEATURES]
+
+        return batch_from_rows(records, WINE_FEATURES, decode_each(records, decode_one))
