@@ -19,6 +19,7 @@ from pydantic_settings import (
 )
 
 from streamserve.errors import ConfigurationError
+from streamserve.formats.base import DEFAULT_SKLEARN_TRUSTED_TYPES
 
 
 class _Section(BaseModel):
@@ -33,6 +34,10 @@ class ServingSettings(_Section):
     )
     validation_rows: int = Field(8, ge=1, description="recent rows per key kept to probe models")
     max_rejections_kept: int = Field(20, ge=1, description="recent rejections kept per key")
+    sklearn_trusted_types: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SKLEARN_TRUSTED_TYPES),
+        description="types a skops file may instantiate beyond skops' own defaults",
+    )
 
 
 class BatchSettings(_Section):

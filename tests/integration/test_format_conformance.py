@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from format_models import TRAINERS
 from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.tree import DecisionTreeRegressor
@@ -37,6 +38,10 @@ def _onnx_tree(wine_dir: Path, matrix: np.ndarray) -> bytes:
     return onnx_model.SerializeToString()
 
 
+def _truncate(data: bytes) -> bytes:
+    return data[: len(data) // 3]
+
+
 CASES = {
     "onnx": FormatCase(ModelType.ONNX, _onnx_tree, lambda data: data[: len(data) // 2]),
     "pmml": FormatCase(
@@ -54,6 +59,17 @@ CASES = {
         lambda d, m: tar_directory(d / "saved" / "1"),
         lambda data: data[:200],
     ),
+    **{
+        name: FormatCase(model_type, lambda d, m, name=name: TRAINERS[name](m).data, _truncate)
+        for name, model_type in [
+            ("torch-export", ModelType.PYTORCH),
+            ("torch-script", ModelType.PYTORCH),
+            ("sklearn-forest", ModelType.SKLEARN),
+            ("xgboost-regressor-json", ModelType.XGBOOST),
+            ("xgboost-softprob-ubj", ModelType.XGBOOST),
+            ("lightgbm-regressor", ModelType.LIGHTGBM),
+        ]
+    },
 }
 
 

@@ -53,7 +53,9 @@ class DecodedBatch:
     """Columns of features for a batch of records; undecodable records carry their error.
 
     ``values`` has one row per input record (NaN where a record lacks a column); rows of
-    undecodable records are all NaN and their ``keys`` entry is ``None``.
+    undecodable records are all NaN and their ``keys`` entry is ``None``. ``unordered_keys``
+    names keys whose records carry named fields in differing orders: their columns have no
+    position, so they can feed only models that name their inputs.
     """
 
     records: Sequence[InputRecord]
@@ -61,6 +63,7 @@ class DecodedBatch:
     feature_names: tuple[str, ...]
     values: FloatMatrix
     errors: Mapping[int, RecordDecodeError] = field(default_factory=dict)
+    unordered_keys: frozenset[str] = frozenset()
 
     def __len__(self) -> int:
         return len(self.records)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import orjson
 
@@ -39,7 +40,9 @@ class JsonCodec:
             decoded.keys,
             decoded.errors,
         )
-        return batch_from_rows(records, names, rows)
+        batch = batch_from_rows(records, names, rows)
+        batch.unordered_keys = _unordered_keys(decoded, names)
+        return batch
 
     def _decode_one(self, record: InputRecord) -> tuple[str, dict[str, float]]:
         try:
@@ -67,6 +70,29 @@ def _features(document: dict[str, object], key_field: str) -> dict[str, float]:
                     raise RecordDecodeError(f"features[{position}] is {item!r}, not a number")
                 features[f"{FEATURES_FIELD}[{position}]"] = float(item)
     return features
+
+
+def _unordered_keys(
+    decoded: DecodedRecords[dict[str, float]], names: tuple[str, ...]
+) -> frozenset[str]:
+    """Keys with records whose fields stand in another relative order than the batch columns.
+
+    Fewer fields is fine (``features[0..4]`` beside ``features[0..10]``); ``b, a`` beside
+    ``a, b`` is not: such columns have no position to feed a positional model.
+    """
+    column = {name: index for index, name in enumerate(names)}
+    in_order: dict[tuple[str, ...], bool] = {}
+    unordered: set[str] = set()
+    for key, features in zip(decoded.keys, decoded.rows, strict=True):
+        if key is None or features is None or key in unordered:
+            continue
+        fields = tuple(features)
+        if fields not in in_order:
+            positions = [column[name] for name in fields]
+            in_order[fields] = all(a < b for a, b in pairwise(positions))
+        if not in_order[fields]:
+            unordered.add(key)
+    return frozenset(unordered)
 
 
 def _column_names(parsed: list[dict[str, float] | None]) -> tuple[str, ...]:

@@ -28,6 +28,10 @@ class ModelType(enum.IntEnum):
     TENSORFLOWSAVED = 1
     PMML = 2
     ONNX = 3
+    PYTORCH = 4
+    SKLEARN = 5
+    XGBOOST = 6
+    LIGHTGBM = 7
 
 
 class OutputRule(enum.IntEnum):

@@ -48,11 +48,27 @@ class Model(Protocol):
         ...
 
 
+# Types a skops file may instantiate beyond skops' own defaults (scikit-learn estimators and
+# numpy types are trusted by skops itself). Operators extend this in settings, never per model.
+DEFAULT_SKLEARN_TRUSTED_TYPES: tuple[str, ...] = (
+    "sklearn.tree._tree.Tree",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn._loss.link.Interval",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.loss.HalfSquaredError",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss",
+)
+
+
 @dataclass(frozen=True)
 class FactoryContext:
     """What the serving configuration tells every factory."""
 
     threads_per_model: int = 1
+    sklearn_trusted_types: tuple[str, ...] = DEFAULT_SKLEARN_TRUSTED_TYPES
 
 
 @dataclass(frozen=True)

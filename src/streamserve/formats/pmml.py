@@ -8,6 +8,8 @@ regression). Rows are evaluated in one JVM call per batch.
 
 from __future__ import annotations
 
+import importlib.abc
+import sys
 import threading
 from typing import Any
 
@@ -36,8 +38,34 @@ def _jpmml() -> tuple[Any, Any]:
             # The JVM counts the thread that created it as its non-daemon "main" thread and waits
             # for it at exit, even after that (loader) thread has ended: the process would hang.
             jpype.java.lang.Thread.detach()
+            _confine_java_imports()
     attach_as_daemon()
     return jpmml_evaluator, _backend
+
+
+class _JavaDomainFinder(importlib.abc.MetaPathFinder):
+    """JPype's import finder, answering only for the Java domains it registered (``org``, ...).
+
+    Unconfined, it claims every top-level name that is also a Java package: after the JVM
+    starts, ``import dill`` (which torch tries) returns a Java package and ``import torch`` fails.
+    """
+
+    def __init__(self, finder: Any, domains: Any) -> None:
+        self._finder = finder
+        self._domains = domains
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname.partition(".")[0] not in self._domains:
+            return None
+        return self._finder.find_spec(fullname, path, target)
+
+
+def _confine_java_imports() -> None:
+    import jpype.imports
+
+    for index, finder in enumerate(sys.meta_path):
+        if type(finder).__name__ == "_JImportLoader":
+            sys.meta_path[index] = _JavaDomainFinder(finder, jpype.imports._JDOMAINS)
 
 
 def attach_as_daemon() -> None:

@@ -26,6 +26,10 @@ BUILTIN_FACTORIES: Mapping[int, str] = {
     ModelType.TENSORFLOWSAVED: "streamserve.formats.tensorflow:SavedModelFactory",
     ModelType.PMML: "streamserve.formats.pmml:PmmlFactory",
     ModelType.ONNX: "streamserve.formats.onnx:OnnxFactory",
+    ModelType.PYTORCH: "streamserve.formats.torch:TorchFactory",
+    ModelType.SKLEARN: "streamserve.formats.sklearn:SklearnFactory",
+    ModelType.XGBOOST: "streamserve.formats.xgboost:XGBoostFactory",
+    ModelType.LIGHTGBM: "streamserve.formats.lightgbm:LightGBMFactory",
 }
 
 FactoryClass = Callable[[FactoryContext], ModelFactory]

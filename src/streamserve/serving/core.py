@@ -40,7 +40,10 @@ class ServingCore:
     def __init__(self, settings: ServingSettings, registry: FactoryRegistry | None = None) -> None:
         self._settings = settings
         self._registry = registry or FactoryRegistry(
-            FactoryContext(threads_per_model=settings.threads_per_model)
+            FactoryContext(
+                threads_per_model=settings.threads_per_model,
+                sklearn_trusted_types=tuple(settings.sklearn_trusted_types),
+            )
         )
         self._events = EventLog()
         self._slots: dict[str, ModelSlot] = {}
@@ -145,6 +148,12 @@ class ServingCore:
             )
         try:
             mapping = map_features(names, served.model.inputs)
+            if served.model.inputs.names is None and key in batch.unordered_keys:
+                raise MissingFeaturesError(
+                    f"model {served.identity.name!r} takes positional features, but the "
+                    f"{key!r} records carry named fields in differing orders; send a "
+                    "'features' list, or a model that names its inputs"
+                )
         except MissingFeaturesError as err:
             self._fail(outcome, rows, err, key, served)
             return

@@ -96,3 +96,15 @@ def test_build_codec_from_settings() -> None:
     assert build_codec(CodecSettings(format="wine-protobuf")).name == "wine-protobuf"
     with pytest.raises(ConfigurationError, match="csv_columns"):
         build_codec(CodecSettings(format="csv"))
+
+
+def test_json_marks_keys_whose_fields_change_order_but_not_those_with_fewer_fields() -> None:
+    batch = JsonCodec().decode(
+        records(
+            orjson.dumps({"dataType": "steady", "a": 1, "b": 2, "c": 3}),
+            orjson.dumps({"dataType": "steady", "a": 1, "c": 3}),
+            orjson.dumps({"dataType": "shuffled", "a": 1, "b": 2}),
+            orjson.dumps({"dataType": "shuffled", "b": 2, "a": 1}),
+        )
+    )
+    assert batch.unordered_keys == frozenset({"shuffled"})

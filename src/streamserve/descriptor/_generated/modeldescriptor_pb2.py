@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15modeldescriptor.proto\x12\x16streamserve.descriptor\"\x93\x04\n\x0fModelDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x64\x61taType\x18\x03 \x01(\t\x12\x44\n\tmodeltype\x18\x04 \x01(\x0e\x32\x31.streamserve.descriptor.ModelDescriptor.ModelType\x12\x0e\n\x04\x64\x61ta\x18\x05 \x01(\x0cH\x00\x12\x12\n\x08location\x18\x06 \x01(\tH\x00\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x45\n\x07options\x18\t \x03(\x0b\x32\x34.streamserve.descriptor.ModelDescriptor.OptionsEntry\x12\x42\n\x06output\x18\n \x01(\x0e\x32\x32.streamserve.descriptor.ModelDescriptor.OutputRule\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"D\n\tModelType\x12\x0e\n\nTENSORFLOW\x10\x00\x12\x13\n\x0fTENSORFLOWSAVED\x10\x01\x12\x08\n\x04PMML\x10\x02\x12\x08\n\x04ONNX\x10\x03\"-\n\nOutputRule\x12\x08\n\x04\x41UTO\x10\x00\x12\t\n\x05VALUE\x10\x01\x12\n\n\x06\x41RGMAX\x10\x02\x42\x10\n\x0eMessageContentb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15modeldescriptor.proto\x12\x16streamserve.descriptor\"\xc8\x04\n\x0fModelDescriptor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x64\x61taType\x18\x03 \x01(\t\x12\x44\n\tmodeltype\x18\x04 \x01(\x0e\x32\x31.streamserve.descriptor.ModelDescriptor.ModelType\x12\x0e\n\x04\x64\x61ta\x18\x05 \x01(\x0cH\x00\x12\x12\n\x08location\x18\x06 \x01(\tH\x00\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x0e\n\x06sha256\x18\x08 \x01(\t\x12\x45\n\x07options\x18\t \x03(\x0b\x32\x34.streamserve.descriptor.ModelDescriptor.OptionsEntry\x12\x42\n\x06output\x18\n \x01(\x0e\x32\x32.streamserve.descriptor.ModelDescriptor.OutputRule\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"y\n\tModelType\x12\x0e\n\nTENSORFLOW\x10\x00\x12\x13\n\x0fTENSORFLOWSAVED\x10\x01\x12\x08\n\x04PMML\x10\x02\x12\x08\n\x04ONNX\x10\x03\x12\x0b\n\x07PYTORCH\x10\x04\x12\x0b\n\x07SKLEARN\x10\x05\x12\x0b\n\x07XGBOOST\x10\x06\x12\x0c\n\x08LIGHTGBM\x10\x07\"-\n\nOutputRule\x12\x08\n\x04\x41UTO\x10\x00\x12\t\n\x05VALUE\x10\x01\x12\n\n\x06\x41RGMAX\x10\x02\x42\x10\n\x0eMessageContentb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,11 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELDESCRIPTOR_OPTIONSENTRY']._loaded_options = None
   _globals['_MODELDESCRIPTOR_OPTIONSENTRY']._serialized_options = b'8\001'
   _globals['_MODELDESCRIPTOR']._serialized_start=50
-  _globals['_MODELDESCRIPTOR']._serialized_end=581
+  _globals['_MODELDESCRIPTOR']._serialized_end=634
   _globals['_MODELDESCRIPTOR_OPTIONSENTRY']._serialized_start=400
   _globals['_MODELDESCRIPTOR_OPTIONSENTRY']._serialized_end=446
   _globals['_MODELDESCRIPTOR_MODELTYPE']._serialized_start=448
-  _globals['_MODELDESCRIPTOR_MODELTYPE']._serialized_end=516
-  _globals['_MODELDESCRIPTOR_OUTPUTRULE']._serialized_start=518
-  _globals['_MODELDESCRIPTOR_OUTPUTRULE']._serialized_end=563
+  _globals['_MODELDESCRIPTOR_MODELTYPE']._serialized_end=569
+  _globals['_MODELDESCRIPTOR_OUTPUTRULE']._serialized_start=571
+  _globals['_MODELDESCRIPTOR_OUTPUTRULE']._serialized_end=616
 # @@protoc_insertion_point(module_scope)

@@ -41,6 +41,14 @@ class ModelDescriptor(_message.Message):
         """TF SavedModel directory (location) or a tar/zip archive of it (data)"""
         PMML: ModelDescriptor._ModelType.ValueType  # 2
         ONNX: ModelDescriptor._ModelType.ValueType  # 3
+        PYTORCH: ModelDescriptor._ModelType.ValueType  # 4
+        """TorchScript or torch.export program (.pt2)"""
+        SKLEARN: ModelDescriptor._ModelType.ValueType  # 5
+        """scikit-learn estimator saved with skops (never pickle)"""
+        XGBOOST: ModelDescriptor._ModelType.ValueType  # 6
+        """XGBoost Booster, JSON or UBJSON"""
+        LIGHTGBM: ModelDescriptor._ModelType.ValueType  # 7
+        """LightGBM Booster, text model"""
 
     class ModelType(_ModelType, metaclass=_ModelTypeEnumTypeWrapper): ...
     TENSORFLOW: ModelDescriptor.ModelType.ValueType  # 0
@@ -49,6 +57,14 @@ class ModelDescriptor(_message.Message):
     """TF SavedModel directory (location) or a tar/zip archive of it (data)"""
     PMML: ModelDescriptor.ModelType.ValueType  # 2
     ONNX: ModelDescriptor.ModelType.ValueType  # 3
+    PYTORCH: ModelDescriptor.ModelType.ValueType  # 4
+    """TorchScript or torch.export program (.pt2)"""
+    SKLEARN: ModelDescriptor.ModelType.ValueType  # 5
+    """scikit-learn estimator saved with skops (never pickle)"""
+    XGBOOST: ModelDescriptor.ModelType.ValueType  # 6
+    """XGBoost Booster, JSON or UBJSON"""
+    LIGHTGBM: ModelDescriptor.ModelType.ValueType  # 7
+    """LightGBM Booster, text model"""
 
     class _OutputRule:
         ValueType = _typing.NewType("ValueType", _builtins.int)

@@ -1,0 +1,127 @@
+"""PyTorch models (model type PYTORCH): ``torch.export`` programs (.pt2) and TorchScript.
+
+CPU only, inference mode, ``threads_per_model`` intra-op threads (torch's setting is
+process-wide). The model takes one float32 tensor [rows, width]. Width: option ``width``, else the
+exported program's input shape, else the input width of the first 2-D weight (a TorchScript
+module's first layer). Option ``format`` (``export`` or ``torchscript``) skips detection.
+Neither loader runs arbitrary Python: export programs load weights-only, TorchScript runs
+TorchScript code.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from typing import Any
+
+import numpy as np
+
+from streamserve.descriptor import OutputRule
+from streamserve.errors import MissingDependencyError, ModelLoadError
+from streamserve.formats.base import (
+    FactoryContext,
+    FloatMatrix,
+    InputSpec,
+    LoadRequest,
+    Model,
+    apply_output_rule,
+)
+
+_threads_lock = threading.Lock()
+FORMATS = ("export", "torchscript")
+
+
+def _torch(context: FactoryContext) -> Any:
+    try:
+        import torch
+    except ImportError as err:
+        raise MissingDependencyError("torch (for PyTorch models)", "torch") from err
+    with _threads_lock:
+        if torch.get_num_threads() != context.threads_per_model:
+            torch.set_num_threads(context.threads_per_model)
+    return torch
+
+
+class TorchModel:
+    def __init__(self, torch: Any, module: Any, width: int, output: OutputRule, name: str) -> None:
+        self._torch = torch
+        self._module = module
+        self._inputs = InputSpec(width=width)
+        self._output = output
+        self._name = name
+
+    @property
+    def inputs(self) -> InputSpec:
+        return self._inputs
+
+    def score_batch(self, features: FloatMatrix) -> np.ndarray:
+        with self._torch.inference_mode():
+            raw = self._module(self._torch.from_numpy(features.astype(np.float32)))
+        if isinstance(raw, tuple | list):
+            raw = raw[0]
+        return apply_output_rule(self._output, raw.detach().numpy(), model=self._name)
+
+    def close(self) -> None:
+        self._module = None
+
+
+class TorchFactory:
+    format_name = "pytorch"
+
+    def __init__(self, context: FactoryContext) -> None:
+        self._context = context
+
+    def load(self, request: LoadRequest) -> Model:
+        torch = _torch(self._context)
+        where = f"PyTorch model {request.name!r}"
+        kind = request.options.get("format")
+        if kind is not None and kind not in FORMATS:
+            raise ModelLoadError(f"{where}: option format={kind!r} is not one of {FORMATS}")
+        data = request.artifact.read_bytes()
+        failures: list[str] = []
+        for candidate in [kind] if kind else list(FORMATS):
+            try:
+                module, width = _LOADERS[candidate](torch, data)
+            except Exception as err:  # noqa: BLE001 - torch raises many types for foreign bytes
+                failures.append(f"as {candidate}: {err}")
+                continue
+            width = _width(request, width, where)
+            return TorchModel(torch, module, width, request.output, request.name)
+        raise ModelLoadError(
+            f"{where} from {request.artifact.describe()} cannot be loaded ({'; '.join(failures)})"
+        )
+
+
+def _load_export(torch: Any, data: bytes) -> tuple[Any, int | None]:
+    program = torch.export.load(io.BytesIO(data))
+    users = set(program.graph_signature.user_inputs)
+    shapes = [
+        node.meta["val"].shape
+        for node in program.graph.nodes
+        if node.op == "placeholder" and node.name in users
+    ]
+    if len(shapes) != 1:
+        raise ModelLoadError(f"the program takes {len(shapes)} inputs; streamserve feeds one")
+    width = shapes[0][-1] if len(shapes[0]) == 2 else None
+    return program.module(), int(width) if isinstance(width, int) else None
+
+
+def _load_torchscript(torch: Any, data: bytes) -> tuple[Any, int | None]:
+    module = torch.jit.load(io.BytesIO(data), map_location="cpu")
+    module.eval()
+    weights = [p for p in module.parameters() if p.dim() == 2]
+    return module, int(weights[0].shape[1]) if weights else None
+
+
+_LOADERS = {"export": _load_export, "torchscript": _load_torchscript}
+
+
+def _width(request: LoadRequest, found: int | None, where: str) -> int:
+    declared = request.options.get("width")
+    if declared is not None:
+        if not declared.isdigit() or int(declared) <= 0:
+            raise ModelLoadError(f"{where}: option width={declared!r} is not a positive number")
+        return int(declared)
+    if found is None:
+        raise ModelLoadError(f"{where}: its input width is unknown; declare it in option 'width'")
+    return found
