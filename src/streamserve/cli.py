@@ -12,6 +12,7 @@ from typing import BinaryIO
 
 from rich.console import Console
 
+from streamserve.api.server import ApiServer
 from streamserve.codecs.build import build_codec
 from streamserve.errors import StreamserveError
 from streamserve.runtime.local import LocalRuntime
@@ -59,17 +60,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--count", type=int, help="stop after this many records")
     serve.add_argument("--timeout-s", type=float, help="stop after this many seconds")
+    serve.add_argument(
+        "--http-port", type=int, help="serve the HTTP API on this port (0: any free port)"
+    )
     serve.set_defaults(handler=_serve)
+
+    status = commands.add_parser("status", help="print the serving statistics of a server")
+    status.add_argument("--url", default="http://127.0.0.1:8080", help="the server's HTTP API")
+    status.set_defaults(handler=_status)
     return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
     from streamserve.demo.wine import DemoOptions, run_demo
 
+    return run_demo(_console(), DemoOptions(args.rate, args.seconds_per_model))
+
+
+def _console() -> Console:
     console = Console()
     if not console.is_terminal:
-        console = Console(width=max(console.width, 150))  # logs and CI: do not wrap the table
-    return run_demo(console, DemoOptions(args.rate, args.seconds_per_model))
+        console = Console(width=max(console.width, 150))  # logs and pipes: do not wrap tables
+    return console
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:
@@ -97,7 +109,10 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     if local.models_dir is not None:
         roots.append(local.models_dir)
     serving = base.serving.model_copy(update={"model_roots": roots})
-    return base.model_copy(update={"local": local, "codec": codec, "serving": serving})
+    api = (
+        base.api if args.http_port is None else base.api.model_copy(update={"port": args.http_port})
+    )
+    return base.model_copy(update={"local": local, "codec": codec, "serving": serving, "api": api})
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -127,6 +142,15 @@ def _serve(args: argparse.Namespace) -> int:
         )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runtime.stop())
+        if settings.api.port is not None:
+            api = ApiServer(core, settings.api, runtime.ready.is_set)
+            api.start()
+            stack.callback(api.stop)
+            print(
+                f"streamserve: HTTP API on http://{settings.api.host}:{api.port}",
+                file=sys.stderr,
+                flush=True,
+            )
         summary = runtime.run(count=args.count, timeout_s=args.timeout_s)
     print(
         f"streamserve: {summary.records} records, {summary.results} results, "
@@ -135,6 +159,12 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from streamserve.api.status import print_status
+
+    return print_status(_console(), args.url)
 
 
 @contextmanager

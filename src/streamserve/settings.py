@@ -63,6 +63,12 @@ class LocalSettings(_Section):
     poll_interval_ms: float = Field(200.0, gt=0, description="how often models_dir is scanned")
 
 
+class ApiSettings(_Section):
+    host: str = Field("127.0.0.1", description="address the HTTP API listens on")
+    port: int | None = Field(None, ge=0, le=65535, description="HTTP API port; None: no API")
+    admin_token: str | None = Field(None, description="bearer token of admin actions; None: off")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMSERVE_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -72,6 +78,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     codec: CodecSettings = Field(default_factory=CodecSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -8,6 +8,7 @@ for the models already present to load, as a restarted server rebuilds its model
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class LocalRuntime:
         self._catch_up_timeout_s = catch_up_timeout_s
         self._next_model_poll = 0.0
         self._stop = False
+        self.ready = threading.Event()  # set once the models present at start have loaded
 
     def stop(self) -> None:
         """Asks :meth:`run` to return after the batch in hand (from any thread)."""
@@ -78,6 +80,7 @@ class LocalRuntime:
         summary = RunSummary()
         self._take_models(force=True)
         self._core.wait_for_models(self._catch_up_timeout_s)
+        self.ready.set()
         while not self._stop and (count is None or summary.records < count):
             if deadline is not None and time.monotonic() >= deadline:
                 break

@@ -6,6 +6,9 @@ empty. File sources read on a thread of their own, so the runtime never blocks o
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import threading
 import time
 from collections import deque
@@ -122,6 +125,9 @@ class StreamSource(MemorySource):
         self._name = name
         self._frames = read_length_delimited if length_delimited else read_lines
         self._max_buffered = max_buffered
+        # A regular file is all there: hand records over in chunks. A pipe, a terminal or a
+        # socket delivers them as they come: hand each over at once, or it waits for company.
+        self._chunk_records = CHUNK_RECORDS if _is_regular_file(stream) else 1
         self.error: Exception | None = None
         self._thread = threading.Thread(target=self._pump, name=f"source-{name}", daemon=True)
         self._thread.start()
@@ -131,7 +137,7 @@ class StreamSource(MemorySource):
         try:
             for number, payload in enumerate(self._frames(self._stream), start=1):
                 chunk.append(InputRecord(payload, position=f"{self._name}:{number}"))
-                if len(chunk) >= 256:
+                if len(chunk) >= self._chunk_records:
                     self._put_bounded(chunk)
                     chunk = []
         except (OSError, ValueError) as err:
@@ -150,6 +156,16 @@ class StreamSource(MemorySource):
         while len(self) > self._max_buffered:
             time.sleep(0.001)
         self.put(chunk)
+
+
+CHUNK_RECORDS = 256
+
+
+def _is_regular_file(stream: BinaryIO) -> bool:
+    try:
+        return stat.S_ISREG(os.fstat(stream.fileno()).st_mode)
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False  # in-memory streams and the like: hand records over one by one
 
 
 class MemorySink:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,9 @@ from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
 from streamserve.serving.slot import ModelSlot, ServedModel
 from streamserve.settings import ServingSettings
 
+# Upper bounds of the batch-size histogram; the last bucket takes every larger batch.
+BATCH_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 1 << 62)
+
 
 class ServingCore:
     def __init__(self, settings: ServingSettings, registry: FactoryRegistry | None = None) -> None:
@@ -56,7 +60,8 @@ class ServingCore:
             model_roots=[Path(root) for root in settings.model_roots],
             threads=settings.loader_threads,
         )
-        self.counts: Counter[str] = Counter()
+        self._counts: Counter[str] = Counter()
+        self._counts_lock = threading.Lock()
 
     # --- models --------------------------------------------------------------------------------
     def submit_model_message(self, payload: bytes, origin: str = "") -> ModelDescriptor | None:
@@ -71,7 +76,7 @@ class ServingCore:
 
     def reject_model_message(self, error: RejectedInput, origin: str = "") -> None:
         """Reports a model message that never became a descriptor (undecodable, unreadable)."""
-        self.counts["model_messages_rejected"] += 1
+        self._count(model_messages_rejected=1)
         self._events.put(
             ModelEvent(
                 ModelEventKind.REJECTED,
@@ -84,7 +89,7 @@ class ServingCore:
         )
 
     def submit_model(self, descriptor: ModelDescriptor, origin: str = "") -> None:
-        self.counts["model_messages"] += 1
+        self._count(model_messages=1)
         self._loader.submit(LoadJob(descriptor, next(self._sequence), origin))
 
     def wait_for_models(self, timeout_s: float | None = None) -> bool:
@@ -111,6 +116,20 @@ class ServingCore:
         with self._slots_lock:
             return list(self._slots.values())
 
+    def find_slot(self, key: str) -> ModelSlot | None:
+        """The slot of ``key`` if it exists (never creates one)."""
+        with self._slots_lock:
+            return self._slots.get(key)
+
+    def unload(self, key: str) -> bool:
+        """Forgets ``key`` and closes its models; its records get ``no_model`` errors after."""
+        with self._slots_lock:
+            slot = self._slots.pop(key, None)
+        if slot is None:
+            return False
+        slot.close()
+        return True
+
     # --- scoring -------------------------------------------------------------------------------
     def score(self, batch: DecodedBatch) -> BatchOutcome:
         """Scores a decoded batch: one result or one error for every record, none lost."""
@@ -119,10 +138,28 @@ class ServingCore:
             outcome.errors.append(RecordError(row, error.kind, str(error)))
         for key, rows in _group_rows(batch.keys).items():
             self._score_key(key, rows, batch, outcome)
-        self.counts["records"] += len(batch)
-        self.counts["results"] += outcome.result_count
-        self.counts["errors"] += outcome.error_count
+        kinds = Counter(f"errors.{error.kind}" for error in outcome.errors)
+        bucket = BATCH_SIZE_BUCKETS[bisect_left(BATCH_SIZE_BUCKETS, len(batch))]
+        size_bucket = f"batch_size_le.{bucket}"
+        self._count(
+            records=len(batch),
+            results=outcome.result_count,
+            errors=outcome.error_count,
+            batches=1,
+            **{size_bucket: 1},
+            **kinds,
+        )
         return outcome
+
+    def _count(self, **increments: int) -> None:
+        with self._counts_lock:
+            self._counts.update(increments)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Totals so far: records, results, errors, ``errors.<kind>``, batches, model messages."""
+        with self._counts_lock:
+            return dict(self._counts)
 
     def _score_key(
         self, key: str, rows: npt.NDArray[np.intp], batch: DecodedBatch, outcome: BatchOutcome

@@ -48,6 +48,7 @@ class LoadJob:
     descriptor: ModelDescriptor
     sequence: int
     origin: str
+    submitted_at: float = dataclasses.field(default_factory=time.monotonic)
 
 
 class ModelLoader:
@@ -102,7 +103,7 @@ class ModelLoader:
             descriptor = _with_location_digest(descriptor, artifact)
             model = self._load(descriptor, artifact)
             try:
-                validate(model, slot.observed_schema(), descriptor.name)
+                output_kind = validate(model, slot.observed_schema(), descriptor.name)
             except BaseException:
                 model.close()
                 raise
@@ -119,6 +120,8 @@ class ModelLoader:
                 descriptor.model_type_label,
             ),
             load_duration_s=time.perf_counter() - started,
+            submitted_at=job.submitted_at,
+            output_kind=output_kind,
         )
         staged = slot.stage(served)
         if not staged:
@@ -204,8 +207,11 @@ def _identity(descriptor: ModelDescriptor, sequence: int) -> ModelIdentity:
     )
 
 
-def validate(model: Model, schema: ObservedSchema | None, name: str) -> None:
-    """Raises :class:`ModelValidationError` if ``model`` cannot serve the key's records."""
+def validate(model: Model, schema: ObservedSchema | None, name: str) -> str:
+    """Raises :class:`ModelValidationError` if ``model`` cannot serve the key's records.
+
+    Returns the numpy dtype kind of the model's output on the probe batch.
+    """
     spec = model.inputs
     if spec.width <= 0:
         raise ModelValidationError(f"model {name!r} declares {spec.width} inputs")
@@ -234,3 +240,4 @@ def validate(model: Model, schema: ObservedSchema | None, name: str) -> None:
         raise ModelValidationError(
             f"model {name!r} returned {len(output)} outputs for a probe batch of {len(probe)} rows"
         )
+    return str(np.asarray(output).dtype.kind)

@@ -38,6 +38,9 @@ class ServedModel:
     model: Model
     stats: ModelServingInfo
     load_duration_s: float
+    submitted_at: float = field(default_factory=time.monotonic)
+    swap_delay_s: float | None = None  # from submission to serving its first batch
+    output_kind: str = "O"  # numpy dtype kind of its output, seen when it was validated
 
     def close(self) -> None:
         self.model.close()
@@ -74,6 +77,7 @@ class ModelSlot:
         self._rejections: deque[Rejection] = deque(maxlen=max_rejections)
         self._rejected_total = 0
         self._schema: ObservedSchema | None = None
+        self._pinned = False
 
     # --- loader side -------------------------------------------------------------------------
     def stage(self, served: ServedModel) -> bool:
@@ -103,13 +107,14 @@ class ModelSlot:
     def model_for_batch(self) -> tuple[ServedModel | None, bool]:
         """The model to score the next batch with, and whether it was just swapped in."""
         with self._lock:
-            staged, self._staged = self._staged, None
-            if staged is None:
+            if self._staged is None or self._pinned:
                 return self._current, False
+            staged, self._staged = self._staged, None
             retired, self._previous, self._current = self._previous, self._current, staged
             if self._previous is not None:
                 self._history.append(self._previous.stats.snapshot())
         staged.stats.mark_current()
+        staged.swap_delay_s = time.monotonic() - staged.submitted_at
         if retired is not None:
             retired.close()
         return staged, True
@@ -126,6 +131,33 @@ class ModelSlot:
             ):
                 return
             self._schema = ObservedSchema(feature_names, complete.copy())
+
+    # --- admin -------------------------------------------------------------------------------
+    def rollback(self) -> ServedModel:
+        """Makes the previous model current again (and the current one previous).
+
+        A staged model that waited for the next batch is dropped: the operator's choice wins
+        until the next model arrives. Raises LookupError when there is nothing to roll back to.
+        """
+        with self._lock:
+            if self._previous is None or self._current is None:
+                raise LookupError(f"key {self.key!r} has no previous model to roll back to")
+            dropped, self._staged = self._staged, None
+            self._current, self._previous = self._previous, self._current
+            restored = self._current
+        restored.stats.mark_current()
+        if dropped is not None:
+            dropped.close()
+        return restored
+
+    def pin(self, pinned: bool) -> None:
+        """While pinned, new models load and wait staged; the current model keeps serving."""
+        with self._lock:
+            self._pinned = pinned
+
+    @property
+    def pinned(self) -> bool:
+        return self._pinned
 
     # --- readers -----------------------------------------------------------------------------
     @property

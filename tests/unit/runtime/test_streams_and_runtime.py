@@ -91,3 +91,15 @@ def test_a_batch_closes_at_its_size() -> None:
     source = MemorySource([InputRecord(orjson.dumps({"dataType": "k", "x": 1}))] * 10, closed=True)
     summary = _runtime(source, MemorySink(), BatchSettings(max_records=3, max_delay_ms=1000)).run()
     assert (summary.records, summary.batches) == (10, 4)
+
+
+def test_a_pipe_hands_each_record_over_as_it_arrives() -> None:
+    import os
+
+    read_end, write_end = os.pipe()
+    with os.fdopen(read_end, "rb") as reader, os.fdopen(write_end, "wb") as writer:
+        source = StreamSource(reader, "pipe")
+        writer.write(b'{"a": 1}\n')
+        writer.flush()
+        records = source.poll(10, 30)  # the pipe stays open: no EOF to wait for
+        assert [r.payload for r in records] == [b'{"a": 1}']

@@ -1,0 +1,1 @@
+"""The HTTP API: serving state, health, Prometheus metrics, admin, Open Inference Protocol."""
