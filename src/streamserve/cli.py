@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from rich.console import Console
 
 from streamserve.api.server import ApiServer
+from streamserve.codecs.base import Codec
 from streamserve.codecs.build import build_codec
 from streamserve.errors import StreamserveError
-from streamserve.runtime.local import LocalRuntime
+from streamserve.runtime.local import LocalRuntime, RunSummary
 from streamserve.runtime.model_directory import ModelDirectory
 from streamserve.runtime.streams import LineSink, StreamSource
 from streamserve.serving.core import ServingCore
@@ -62,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--timeout-s", type=float, help="stop after this many seconds")
     serve.add_argument(
         "--http-port", type=int, help="serve the HTTP API on this port (0: any free port)"
+    )
+    serve.add_argument(
+        "--runtime",
+        choices=["local", "kafka"],
+        default="local",
+        help="local: files and stdin/stdout; kafka: the [kafka] settings",
     )
     serve.set_defaults(handler=_serve)
 
@@ -115,31 +123,27 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     return base.model_copy(update={"local": local, "codec": codec, "serving": serving, "api": api})
 
 
+class _Runtime(Protocol):
+    ready: threading.Event
+
+    def run(self, count: int | None = None, timeout_s: float | None = None) -> RunSummary: ...
+
+    def stop(self) -> None: ...
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
     codec = build_codec(settings.codec)
     core = ServingCore(settings.serving)
     with ExitStack() as stack:
-        data_stream = stack.enter_context(_open_input(settings.local.data))
-        results = stack.enter_context(_open_output(settings.local.results, sys.stdout.buffer))
-        errors = stack.enter_context(_open_output(settings.local.errors, sys.stderr.buffer))
         stack.callback(core.close)
-        source = StreamSource(
-            data_stream,
-            Path(settings.local.data).name,
-            length_delimited=settings.codec.format == "wine-protobuf",
-        )
-        models = ModelDirectory(settings.local.models_dir) if settings.local.models_dir else None
-        runtime = LocalRuntime(
-            core,
-            codec,
-            source,
-            LineSink(results),
-            LineSink(errors),
-            settings.batch,
-            models=models,
-            model_poll_interval_s=settings.local.poll_interval_ms / 1000,
-        )
+        runtime: _Runtime
+        if args.runtime == "kafka":
+            from streamserve.runtime.kafka import KafkaRuntime
+
+            runtime = KafkaRuntime(core, codec, settings.kafka, settings.batch)
+        else:
+            runtime = _local_runtime(settings, core, codec, stack)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runtime.stop())
         if settings.api.port is not None:
@@ -159,6 +163,30 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def _local_runtime(
+    settings: Settings, core: ServingCore, codec: Codec, stack: ExitStack
+) -> LocalRuntime:
+    data_stream = stack.enter_context(_open_input(settings.local.data))
+    results = stack.enter_context(_open_output(settings.local.results, sys.stdout.buffer))
+    errors = stack.enter_context(_open_output(settings.local.errors, sys.stderr.buffer))
+    source = StreamSource(
+        data_stream,
+        Path(settings.local.data).name,
+        length_delimited=settings.codec.format == "wine-protobuf",
+    )
+    models = ModelDirectory(settings.local.models_dir) if settings.local.models_dir else None
+    return LocalRuntime(
+        core,
+        codec,
+        source,
+        LineSink(results),
+        LineSink(errors),
+        settings.batch,
+        models=models,
+        model_poll_interval_s=settings.local.poll_interval_ms / 1000,
+    )
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -63,6 +63,24 @@ class LocalSettings(_Section):
     poll_interval_ms: float = Field(200.0, gt=0, description="how often models_dir is scanned")
 
 
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers")
+    group_id: str = Field("streamserve", description="consumer group of the data topics")
+    data_topics: list[str] = Field(default_factory=lambda: ["data"])
+    models_topic: str = Field("models", description="read in full by every replica")
+    results_topic: str = "results"
+    errors_topic: str = "errors"
+    consumer: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description="extra librdkafka consumer settings (security.protocol, sasl.*, ssl.*, ...)",
+    )
+    producer: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="extra librdkafka producer settings"
+    )
+    catch_up_timeout_s: float = Field(300.0, gt=0, description="models topic catch-up limit")
+    flush_timeout_s: float = Field(60.0, gt=0, description="wait this long for output acks")
+
+
 class ApiSettings(_Section):
     host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     port: int | None = Field(None, ge=0, le=65535, description="HTTP API port; None: no API")
@@ -79,6 +97,7 @@ class Settings(BaseSettings):
     codec: CodecSettings = Field(default_factory=CodecSettings)
     local: LocalSettings = Field(default_factory=LocalSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 
     @classmethod
     def settings_customise_sources(

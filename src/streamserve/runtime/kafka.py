@@ -1,0 +1,255 @@
+"""The Kafka runtime: data topics in a consumer group, the models topic broadcast to every replica.
+
+Per micro-batch: consume -> decode -> score -> produce results and errors -> wait for every
+output's acknowledgement -> commit the batch's offsets. A crash anywhere before the commit
+re-delivers the batch (at-least-once); nothing is committed that was not published. Rebalances
+happen inside ``consume``, between batches, when the previous batch is already committed.
+
+The models topic (compacted, keyed by data type) is read with ``assign`` from the beginning by
+every replica, so any replica can serve any key: at startup up to its end (the latest model of
+each key is loaded before the first record is scored), then followed between batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from streamserve.codecs.base import Codec, InputRecord
+from streamserve.errors import InfrastructureError
+from streamserve.runtime.encoding import Encoded, encode_model_event, encode_outcome
+from streamserve.runtime.local import RunSummary
+from streamserve.serving.core import ServingCore
+from streamserve.serving.events import ModelEvent, ModelEventKind
+from streamserve.settings import BatchSettings, KafkaSettings
+
+log = logging.getLogger(__name__)
+
+METADATA_TIMEOUT_S = 30.0
+
+
+def _kafka() -> Any:
+    try:
+        import confluent_kafka
+    except ImportError as err:
+        raise InfrastructureError(
+            "confluent-kafka is not installed: pip install 'streamserve[kafka]'"
+        ) from err
+    return confluent_kafka
+
+
+class KafkaRuntime:
+    def __init__(
+        self,
+        core: ServingCore,
+        codec: Codec,
+        settings: KafkaSettings,
+        batch: BatchSettings,
+        *,
+        on_event: Callable[[ModelEvent], None] | None = None,
+    ) -> None:
+        self._kafka = _kafka()
+        self._core = core
+        self._codec = codec
+        self._settings = settings
+        self._batch = batch
+        self._on_event = on_event
+        self._stop = False
+        common = {"bootstrap.servers": settings.bootstrap_servers}
+        self._producer = self._kafka.Producer(
+            {
+                **common,
+                "message.max.bytes": 200 * 1024 * 1024,
+                "linger.ms": 2,
+                **settings.producer,
+            }
+        )
+        self._data = self._kafka.Consumer(
+            {
+                **common,
+                "group.id": settings.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                **settings.consumer,
+            }
+        )
+        self._models = self._kafka.Consumer(
+            {
+                **common,
+                "group.id": f"{settings.group_id}-models-reader",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.message.max.bytes": 200 * 1024 * 1024,
+                **settings.consumer,
+            }
+        )
+        self._delivery_errors: list[str] = []
+        self.ready = threading.Event()  # set once the models topic was read and loaded
+
+    def stop(self) -> None:
+        """Asks :meth:`run` to return after the batch in hand is committed (any thread)."""
+        self._stop = True
+
+    # --- models ----------------------------------------------------------------------------
+    def catch_up_models(self) -> int:
+        """Reads the models topic to its end, submitting every model in order, and waits.
+
+        Every message, not only the latest per key: if a key's latest model is bad, a restarted
+        replica must keep the good one before it, exactly as a running replica does.
+        """
+        partitions = self._assign_models_topic()
+        at_end: set[int] = set()
+        submitted = 0
+        deadline = time.monotonic() + self._settings.catch_up_timeout_s
+        while len(at_end) < partitions:
+            if time.monotonic() > deadline:
+                raise InfrastructureError(
+                    f"the models topic {self._settings.models_topic!r} was not read to its end "
+                    f"within {self._settings.catch_up_timeout_s} s"
+                )
+            for message in self._models.consume(1000, 0.2):
+                if self._is_partition_end(message):
+                    at_end.add(message.partition())
+                elif message.error() is None:
+                    self._submit_model(message.value(), _position(message))
+                    submitted += 1
+        self._core.wait_for_models(self._settings.catch_up_timeout_s)
+        return submitted
+
+    def _assign_models_topic(self) -> int:
+        kafka = self._kafka
+        topic = self._settings.models_topic
+        metadata = self._models.list_topics(topic, timeout=METADATA_TIMEOUT_S)
+        described = metadata.topics.get(topic)
+        if described is None or described.error is not None or not described.partitions:
+            raise InfrastructureError(
+                f"the models topic {topic!r} does not exist "
+                f"({described.error if described else 'no metadata'})"
+            )
+        self._models.assign(
+            [kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in described.partitions]
+        )
+        return len(described.partitions)
+
+    def _follow_models(self) -> None:
+        for message in self._models.consume(1000, 0):
+            if message.error() is None:
+                self._submit_model(message.value(), _position(message))
+
+    def _submit_model(self, payload: bytes | None, origin: str) -> None:
+        if payload is None:
+            return  # a tombstone: the key's model was deleted from the compacted topic
+        self._core.submit_model_message(payload, origin)
+
+    def _is_partition_end(self, message: Any) -> bool:
+        error = message.error()
+        return error is not None and error.code() == self._kafka.KafkaError._PARTITION_EOF
+
+    # --- data --------------------------------------------------------------------------------
+    def run(self, count: int | None = None, timeout_s: float | None = None) -> RunSummary:
+        """Serves until stopped, ``count`` records are committed, or ``timeout_s`` passes."""
+        started = time.monotonic()
+        summary = RunSummary()
+        self.catch_up_models()
+        self.ready.set()
+        self._data.subscribe(self._settings.data_topics)
+        try:
+            while not self._stop and (count is None or summary.records < count):
+                if timeout_s is not None and time.monotonic() - started >= timeout_s:
+                    break
+                self._follow_models()
+                limit = (
+                    self._batch.max_records
+                    if count is None
+                    else min(self._batch.max_records, count - summary.records)
+                )
+                messages = self._consume(limit)
+                if messages:
+                    self._process(messages, summary)
+                summary.model_events += self._publish_events()
+        finally:
+            self._data.close()  # leaves the group: partitions move to other replicas now
+            self._models.close()
+        summary.elapsed_s = time.monotonic() - started
+        return summary
+
+    def _consume(self, limit: int) -> list[Any]:
+        messages = self._data.consume(limit, max(self._batch.max_delay_ms / 1000, 0.05))
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is None:
+                records.append(message)
+            elif not self._is_partition_end(message):
+                if error.fatal():
+                    raise InfrastructureError(f"the data consumer failed: {error}")
+                log.warning("data consumer: %s", error)
+        return records
+
+    def _process(self, messages: Sequence[Any], summary: RunSummary) -> None:
+        records = [
+            InputRecord(m.value() or b"", key=m.key(), position=_position(m)) for m in messages
+        ]
+        outcome = self._core.score(self._codec.decode(records))
+        results, errors = encode_outcome(outcome)
+        self._produce(self._settings.results_topic, results)
+        self._produce(self._settings.errors_topic, errors)
+        self._flush()
+        self._commit(messages)
+        summary.records += len(records)
+        summary.results += len(results)
+        summary.errors += len(errors)
+        summary.batches += 1
+
+    def _produce(self, topic: str, messages: Sequence[Encoded]) -> None:
+        for key, value in messages:
+            while True:
+                try:
+                    self._producer.produce(
+                        topic, value=value, key=key, on_delivery=self._on_delivery
+                    )
+                    break
+                except BufferError:
+                    self._producer.poll(0.05)  # the local queue is full: let it drain
+
+    def _on_delivery(self, error: Any, message: Any) -> None:
+        if error is not None:
+            self._delivery_errors.append(f"{message.topic()}: {error}")
+
+    def _flush(self) -> None:
+        remaining = self._producer.flush(self._settings.flush_timeout_s)
+        if remaining or self._delivery_errors:
+            failures = "; ".join(self._delivery_errors[:3])
+            raise InfrastructureError(
+                f"outputs were not acknowledged ({remaining} pending; {failures}); "
+                "stopping without committing, the batch will be re-delivered"
+            )
+
+    def _commit(self, messages: Sequence[Any]) -> None:
+        kafka = self._kafka
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            place = (message.topic(), message.partition())
+            next_offsets[place] = max(next_offsets.get(place, 0), message.offset() + 1)
+        self._data.commit(
+            offsets=[kafka.TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
+            asynchronous=False,
+        )
+
+    def _publish_events(self) -> int:
+        events = self._core.drain_events()
+        rejected = [encode_model_event(e) for e in events if e.kind is ModelEventKind.REJECTED]
+        if rejected:
+            self._produce(self._settings.errors_topic, rejected)
+            self._producer.poll(0)
+        if self._on_event is not None:
+            for event in events:
+                self._on_event(event)
+        return len(events)
+
+
+def _position(message: Any) -> str:
+    return f"{message.topic()}/{message.partition()}@{message.offset()}"

