@@ -1,0 +1,158 @@
+"""Replicas in separate processes share a 4-partition data topic; one is SIGKILLed mid-stream.
+Afterwards every input has a result (none lost) and duplicates stay within what the killed
+replica had consumed but not committed — both measured and asserted."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+from kafka_broker import Broker, running_broker
+
+from builders import onnx_constant
+from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
+
+pytestmark = pytest.mark.slow
+
+PARTITIONS = 4
+MAX_RECORDS = 50
+TOTAL = 6000
+
+
+def _config(tmp_path: Path, broker: Broker) -> Path:
+    config = tmp_path / "streamserve.toml"
+    config.write_text(f"""
+[batch]
+max_records = {MAX_RECORDS}
+max_delay_ms = 20
+
+[kafka]
+bootstrap_servers = "{broker.bootstrap}"
+data_topics = ["data"]
+consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
+""")
+    return config
+
+
+def _replica(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    with log.open("wb") as stderr:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamserve",
+                "serve",
+                "--runtime",
+                "kafka",
+                "--config",
+                str(config),
+                *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+
+
+def _wait_until_scoring(log: Path) -> None:
+    """Until the replica's own HTTP API says it has scored records (bounded)."""
+    deadline = time.monotonic() + 120
+    url = None
+    while True:
+        assert time.monotonic() < deadline, "the replica never started scoring"
+        if url is None:
+            match = re.search(r"HTTP API on (http://\S+)", log.read_text())
+            url = match.group(1) if match else None
+        elif httpx.get(f"{url}/keys", timeout=10).json()["counts"].get("results", 0) >= 100:
+            return
+        time.sleep(0.1)
+
+
+def _records_scored(log: Path) -> int:
+    """What a replica reported on its way out: ``streamserve: N records, ...``."""
+    match = re.search(r"streamserve: (\d+) records", log.read_text())
+    assert match, log.read_text()[-2000:]
+    return int(match.group(1))
+
+
+def _publish_slowly(broker: Broker, done: threading.Event) -> None:
+    """TOTAL records over about six seconds, so replicas are mid-stream when one dies."""
+    for start in range(0, TOTAL, 200):
+        broker.produce(
+            "data",
+            [
+                (None, orjson.dumps({"dataType": "k", "features": [float(i)]}))
+                for i in range(start, start + 200)
+            ],
+        )
+        time.sleep(0.2)
+    done.set()
+
+
+@pytest.mark.parametrize("replicas", [2, 3])
+def test_a_killed_replica_loses_nothing_and_duplicates_stay_in_its_window(
+    replicas: int, tmp_path: Path
+) -> None:
+    with running_broker() as broker:
+        broker.create_topics("data", partitions=PARTITIONS)
+        broker.create_topics("models", "results", "errors")
+        broker.produce(
+            "models",
+            [
+                (
+                    b"k",
+                    encode_descriptor(
+                        ModelDescriptor(
+                            name="constant",
+                            data_type="k",
+                            model_type=ModelType.ONNX,
+                            data=onnx_constant(1, 1.0),
+                        )
+                    ),
+                )
+            ],
+        )
+        config = _config(tmp_path, broker)
+        processes = [_replica(config, tmp_path / "replica-0.log", "--http-port", "0")]
+        processes += [_replica(config, tmp_path / f"replica-{i}.log") for i in range(1, replicas)]
+        published = threading.Event()
+        publisher = threading.Thread(target=_publish_slowly, args=(broker, published))
+        publisher.start()
+        try:
+            _wait_until_scoring(tmp_path / "replica-0.log")
+            processes[0].send_signal(signal.SIGKILL)
+            publisher.join()
+            deadline = time.monotonic() + 120
+            while len({m.value() for m in broker.read_all("results")}) < TOTAL:
+                assert time.monotonic() < deadline, "records were lost: not every one scored"
+                time.sleep(1)
+        finally:
+            for process in processes[1:]:
+                process.send_signal(signal.SIGTERM)
+            exit_codes = [process.wait(timeout=60) for process in processes]
+        results = [orjson.loads(m.value()) for m in broker.read_all("results")]
+        inputs = {f"{m.topic()}/{m.partition()}@{m.offset()}" for m in broker.read_all("data")}
+
+    assert exit_codes[0] == -signal.SIGKILL
+    assert exit_codes[1:] == [0] * (replicas - 1), "a surviving replica did not drain cleanly"
+    scored = Counter(result["position"] for result in results)
+    assert set(scored) == inputs, "an input has no result"
+    duplicates = sum(count - 1 for count in scored.values())
+    window = PARTITIONS * MAX_RECORDS  # the killed replica's uncommitted batches, at most
+    print(
+        f"\n{replicas} replicas: {len(inputs)} inputs, {len(results)} results, "
+        f"{duplicates} duplicates (bound {window})"
+    )
+    assert duplicates <= window
+    survivors = sum(_records_scored(tmp_path / f"replica-{i}.log") for i in range(1, replicas))
+    assert survivors < len(results), "the killed replica had scored nothing: no takeover shown"
