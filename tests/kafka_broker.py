@@ -71,9 +71,13 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def free_port() -> int:
+    return _free_port()
+
+
 @contextmanager
-def running_broker() -> Iterator[Broker]:
-    port = _free_port()
+def running_broker(port: int | None = None) -> Iterator[Broker]:
+    port = port or _free_port()
     url = f"tcp://127.0.0.1:{port}"
     process = subprocess.Popen(
         [

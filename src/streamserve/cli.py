@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 import threading
@@ -27,6 +28,7 @@ from streamserve.settings import Settings, load_settings
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="streamserve: %(levelname)s %(message)s")
     try:
         return int(args.handler(args))
     except StreamserveError as err:

@@ -29,6 +29,8 @@ from streamserve.settings import BatchSettings, KafkaSettings
 log = logging.getLogger(__name__)
 
 METADATA_TIMEOUT_S = 30.0
+MAX_BACKOFF_S = 10.0
+ERROR_LOG_INTERVAL_S = 5.0
 
 
 def _kafka() -> Any:
@@ -58,7 +60,8 @@ class KafkaRuntime:
         self._batch = batch
         self._on_event = on_event
         self._stop = False
-        common = {"bootstrap.servers": settings.bootstrap_servers}
+        common = {"bootstrap.servers": settings.bootstrap_servers, "error_cb": self._on_error}
+        self._last_error_log = 0.0
         self._producer = self._kafka.Producer(
             {
                 **common,
@@ -119,20 +122,53 @@ class KafkaRuntime:
         self._core.wait_for_models(self._settings.catch_up_timeout_s)
         return submitted
 
+    def _on_error(self, error: Any) -> None:
+        """librdkafka's client-level errors: it reconnects by itself, with backoff; say so."""
+        if error.fatal():
+            log.error("Kafka client failed for good: %s", error)
+            return
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
+            self._last_error_log = now
+            log.warning(
+                "Kafka at %s: %s (reconnecting with backoff)",
+                self._settings.bootstrap_servers,
+                error,
+            )
+
+    def _models_topic_partitions(self) -> list[int]:
+        """The models topic's partitions, retried with backoff until the catch-up limit.
+
+        The broker may be down or the topic not created yet: both are waited for, saying so.
+        """
+        topic = self._settings.models_topic
+        deadline = time.monotonic() + self._settings.catch_up_timeout_s
+        backoff_s = 0.5
+        while True:
+            try:
+                timeout_s = min(METADATA_TIMEOUT_S, backoff_s * 4)
+                described = self._models.list_topics(topic, timeout=timeout_s).topics.get(topic)
+                if described is not None and described.error is None and described.partitions:
+                    return sorted(described.partitions)
+                problem = f"the models topic {topic!r} does not exist yet"
+            except self._kafka.KafkaException as err:
+                problem = f"Kafka at {self._settings.bootstrap_servers} is not answering ({err})"
+            if self._stop or time.monotonic() + backoff_s > deadline:
+                raise InfrastructureError(
+                    f"{problem}; gave up after {self._settings.catch_up_timeout_s:.0f} s"
+                )
+            log.warning("%s; retrying in %.1f s", problem, backoff_s)
+            time.sleep(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+
     def _assign_models_topic(self) -> int:
         kafka = self._kafka
         topic = self._settings.models_topic
-        metadata = self._models.list_topics(topic, timeout=METADATA_TIMEOUT_S)
-        described = metadata.topics.get(topic)
-        if described is None or described.error is not None or not described.partitions:
-            raise InfrastructureError(
-                f"the models topic {topic!r} does not exist "
-                f"({described.error if described else 'no metadata'})"
-            )
+        partitions = self._models_topic_partitions()
         self._models.assign(
-            [kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in described.partitions]
+            [kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in partitions]
         )
-        return len(described.partitions)
+        return len(partitions)
 
     def _follow_models(self) -> None:
         for message in self._models.consume(1000, 0):
