@@ -20,9 +20,15 @@ from streamserve.codecs.build import build_codec
 from streamserve.errors import StreamserveError
 from streamserve.runtime.local import LocalRuntime, RunSummary
 from streamserve.runtime.model_directory import ModelDirectory
-from streamserve.runtime.streams import LineSink, StreamSource
+from streamserve.runtime.publish import Publisher, model_descriptor, parse_options
+from streamserve.runtime.streams import (
+    LineSink,
+    StreamSource,
+    read_length_delimited,
+    read_lines,
+)
 from streamserve.serving.core import ServingCore
-from streamserve.settings import Settings, load_settings
+from streamserve.settings import KafkaSettings, Settings, load_settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -74,6 +80,31 @@ def _parser() -> argparse.ArgumentParser:
         help="local: files and stdin/stdout; kafka: the [kafka] settings",
     )
     serve.set_defaults(handler=_serve)
+
+    publish_model = commands.add_parser("publish-model", help="publish a model to Kafka")
+    publish_model.add_argument("file", type=Path, help="model file, or a SavedModel folder")
+    publish_model.add_argument("--key", required=True, help="the data type it serves")
+    publish_model.add_argument("--type", help="model type (default: from the file extension)")
+    publish_model.add_argument("--name", help="model name (default: the file name)")
+    publish_model.add_argument("--version", default="")
+    publish_model.add_argument("--description", default="")
+    publish_model.add_argument("--output", default="AUTO", help="AUTO, VALUE or ARGMAX")
+    publish_model.add_argument(
+        "--option", action="append", default=[], help="a format option NAME=VALUE (repeatable)"
+    )
+    _kafka_arguments(publish_model)
+    publish_model.set_defaults(handler=_publish_model)
+
+    publish_data = commands.add_parser("publish-data", help="publish records to Kafka")
+    publish_data.add_argument(
+        "file",
+        type=Path,
+        help="one record per line, or with --length-delimited, varint-framed binary records",
+    )
+    publish_data.add_argument("--rate", type=float, help="records per second (default: flat out)")
+    publish_data.add_argument("--length-delimited", action="store_true")
+    _kafka_arguments(publish_data)
+    publish_data.set_defaults(handler=_publish_data)
 
     status = commands.add_parser("status", help="print the serving statistics of a server")
     status.add_argument("--url", default="http://127.0.0.1:8080", help="the server's HTTP API")
@@ -189,6 +220,54 @@ def _local_runtime(
         models=models,
         model_poll_interval_s=settings.local.poll_interval_ms / 1000,
     )
+
+
+def _kafka_arguments(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--config", type=Path, help="TOML settings file ([kafka] section)")
+    command.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
+    command.add_argument("--topic", help="default: kafka.models_topic / kafka.data_topics[0]")
+
+
+def _publisher(args: argparse.Namespace) -> tuple[Publisher, KafkaSettings]:
+    kafka = load_settings(args.config).kafka
+    if args.bootstrap_servers:
+        kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
+    return Publisher(kafka.bootstrap_servers, kafka.producer), kafka
+
+
+def _publish_model(args: argparse.Namespace) -> int:
+    descriptor = model_descriptor(
+        args.file,
+        args.key,
+        model_type=args.type,
+        name=args.name,
+        version=args.version,
+        description=args.description,
+        options=parse_options(args.option),
+        output=args.output,
+    )
+    publisher, kafka = _publisher(args)
+    topic = args.topic or kafka.models_topic
+    publisher.publish_model(topic, descriptor)
+    print(
+        f"streamserve: published {descriptor.name} ({descriptor.model_type_label}, "
+        f"{descriptor.version_label}) for key {descriptor.data_type!r} to {topic}"
+    )
+    return 0
+
+
+def _publish_data(args: argparse.Namespace) -> int:
+    publisher, kafka = _publisher(args)
+    try:
+        with args.file.open("rb") as stream:
+            frames = read_length_delimited if args.length_delimited else read_lines
+            payloads = list(frames(stream))
+    except (OSError, ValueError) as err:
+        raise StreamserveError(f"cannot read records from {args.file}: {err}") from err
+    topic = args.topic or kafka.data_topics[0]
+    publisher.publish_records(topic, payloads, args.rate, _console())
+    print(f"streamserve: published {len(payloads)} records to {topic}")
+    return 0
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from kafka_broker import free_port, running_broker
 
 from builders import onnx_constant
-from kafka_broker import free_port, running_broker
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
 
 pytestmark = pytest.mark.slow
@@ -34,15 +34,25 @@ consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
 
 
 def _serve(config: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "streamserve", "serve", "--runtime", "kafka", "--config",
-            str(config), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "streamserve",
+        "serve",
+        "--runtime",
+        "kafka",
+        "--config",
+        str(config),
+        *extra,
+    ]
 
 
 def test_a_broker_that_never_comes_gives_one_clear_failure(tmp_path: Path) -> None:
     port = free_port()
     started = time.monotonic()
-    done = subprocess.run(_serve(_config(tmp_path, port, 4)), capture_output=True, env=ENV,
-                          timeout=120, check=False)
+    done = subprocess.run(
+        _serve(_config(tmp_path, port, 4)), capture_output=True, env=ENV, timeout=120, check=False
+    )
     stderr = done.stderr.decode()
     assert done.returncode == 2, stderr[-2000:]
     assert f"Kafka at 127.0.0.1:{port} is not answering" in stderr
@@ -57,17 +67,36 @@ def test_a_replica_started_before_its_broker_waits_then_serves(
 ) -> None:
     port = free_port()
     with (tmp_path / "replica.log").open("wb") as log:
-        replica = subprocess.Popen(_serve(_config(tmp_path, port, 120), "--count", "20"),
-                                   stdout=subprocess.DEVNULL, stderr=log, env=ENV)
+        replica = subprocess.Popen(
+            _serve(_config(tmp_path, port, 120), "--count", "20"),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=ENV,
+        )
     try:
         time.sleep(3)  # the replica is up and waiting; the broker is not (chaos timing)
         with running_broker(port) as broker:
             broker.create_topics("data", "models", "results", "errors")
-            broker.produce("models", [(b"k", encode_descriptor(ModelDescriptor(
-                name="constant", data_type="k", model_type=ModelType.ONNX,
-                data=onnx_constant(1, 3.0))))])
-            broker.produce("data", [(None, orjson.dumps({"dataType": "k", "features": [1.0]}))
-                                    for _ in range(20)])
+            broker.produce(
+                "models",
+                [
+                    (
+                        b"k",
+                        encode_descriptor(
+                            ModelDescriptor(
+                                name="constant",
+                                data_type="k",
+                                model_type=ModelType.ONNX,
+                                data=onnx_constant(1, 3.0),
+                            )
+                        ),
+                    )
+                ],
+            )
+            broker.produce(
+                "data",
+                [(None, orjson.dumps({"dataType": "k", "features": [1.0]})) for _ in range(20)],
+            )
             assert replica.wait(timeout=120) == 0, (tmp_path / "replica.log").read_text()
             results = [orjson.loads(m.value()) for m in broker.read_all("results")]
     finally:

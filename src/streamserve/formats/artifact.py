@@ -134,3 +134,12 @@ def materialize_directory(
         scratch.cleanup()
         raise
     return Path(scratch.name), scratch
+
+
+def pack_directory(directory: Path) -> bytes:
+    """A tar.gz archive of ``directory``'s contents (paths relative to it), for inline data."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path in sorted(directory.rglob("*")):
+            archive.add(path, arcname=path.relative_to(directory).as_posix(), recursive=False)
+    return buffer.getvalue()

@@ -33,7 +33,7 @@ MAX_BACKOFF_S = 10.0
 ERROR_LOG_INTERVAL_S = 5.0
 
 
-def _kafka() -> Any:
+def confluent_kafka_module() -> Any:
     try:
         import confluent_kafka
     except ImportError as err:
@@ -53,7 +53,7 @@ class KafkaRuntime:
         *,
         on_event: Callable[[ModelEvent], None] | None = None,
     ) -> None:
-        self._kafka = _kafka()
+        self._kafka = confluent_kafka_module()
         self._core = core
         self._codec = codec
         self._settings = settings
