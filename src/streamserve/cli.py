@@ -158,6 +158,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 class _Runtime(Protocol):
     ready: threading.Event
+    consumer_lag: int | None
 
     def run(self, count: int | None = None, timeout_s: float | None = None) -> RunSummary: ...
 
@@ -180,7 +181,7 @@ def _serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runtime.stop())
         if settings.api.port is not None:
-            api = ApiServer(core, settings.api, runtime.ready.is_set)
+            api = ApiServer(core, settings.api, runtime.ready.is_set, lambda: runtime.consumer_lag)
             api.start()
             stack.callback(api.stop)
             print(

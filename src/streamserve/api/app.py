@@ -44,8 +44,9 @@ def build_app(
     *,
     admin_token: str | None = None,
     is_ready: Callable[[], bool] = lambda: True,
+    consumer_lag: Callable[[], int | None] | None = None,
 ) -> Starlette:
-    registry = metrics_registry(core)
+    registry = metrics_registry(core, consumer_lag)
 
     async def live(request: Request) -> Response:
         return json_response({"live": True})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import accumulate
 
 from prometheus_client import CollectorRegistry
@@ -22,8 +22,11 @@ MODEL_LABELS = ["key", "model", "version"]
 
 
 class ServingCollector(Collector):
-    def __init__(self, core: ServingCore) -> None:
+    def __init__(
+        self, core: ServingCore, consumer_lag: Callable[[], int | None] | None = None
+    ) -> None:
         self._core = core
+        self._consumer_lag = consumer_lag
 
     def collect(self) -> Iterator[Metric]:
         yield from self._totals()
@@ -95,6 +98,11 @@ class ServingCollector(Collector):
             [], list(zip(bounds, cumulative, strict=True)), sum_value=counts.get("records", 0)
         )
         yield sizes
+        lag = self._consumer_lag() if self._consumer_lag is not None else None
+        if lag is not None:
+            yield GaugeMetricFamily(
+                "streamserve_consumer_lag", "Records behind the data partitions' ends", value=lag
+            )
 
 
 def _add_model(
@@ -117,7 +125,9 @@ def _add_model(
     loads.add_metric(labels, served.load_duration_s)
 
 
-def metrics_registry(core: ServingCore) -> CollectorRegistry:
+def metrics_registry(
+    core: ServingCore, consumer_lag: Callable[[], int | None] | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServingCollector(core))
+    registry.register(ServingCollector(core, consumer_lag))
     return registry

@@ -18,9 +18,15 @@ STARTUP_TIMEOUT_S = 30.0
 
 class ApiServer:
     def __init__(
-        self, core: ServingCore, settings: ApiSettings, is_ready: Callable[[], bool]
+        self,
+        core: ServingCore,
+        settings: ApiSettings,
+        is_ready: Callable[[], bool],
+        consumer_lag: Callable[[], int | None] | None = None,
     ) -> None:
-        app = build_app(core, admin_token=settings.admin_token, is_ready=is_ready)
+        app = build_app(
+            core, admin_token=settings.admin_token, is_ready=is_ready, consumer_lag=consumer_lag
+        )
         config = uvicorn.Config(
             app, host=settings.host, port=settings.port or 0, log_level="warning", lifespan="off"
         )

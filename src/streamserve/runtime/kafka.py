@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 METADATA_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 10.0
 ERROR_LOG_INTERVAL_S = 5.0
+LAG_INTERVAL_S = 2.0
 
 
 def confluent_kafka_module() -> Any:
@@ -90,7 +91,11 @@ class KafkaRuntime:
             }
         )
         self._delivery_errors: list[str] = []
-        self.ready = threading.Event()  # set once the models topic was read and loaded
+        self.ready = threading.Event()  # models caught up and data partitions assigned
+        self._caught_up = False
+        self._assigned: list[Any] = []
+        self.consumer_lag: int | None = None  # records behind the high watermarks, when known
+        self._next_lag_check = 0.0
 
     def stop(self) -> None:
         """Asks :meth:`run` to return after the batch in hand is committed (any thread)."""
@@ -190,8 +195,10 @@ class KafkaRuntime:
         started = time.monotonic()
         summary = RunSummary()
         self.catch_up_models()
-        self.ready.set()
-        self._data.subscribe(self._settings.data_topics)
+        self._caught_up = True
+        self._data.subscribe(
+            self._settings.data_topics, on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
         try:
             while not self._stop and (count is None or summary.records < count):
                 if timeout_s is not None and time.monotonic() - started >= timeout_s:
@@ -206,11 +213,36 @@ class KafkaRuntime:
                 if messages:
                     self._process(messages, summary)
                 summary.model_events += self._publish_events()
+                self._measure_lag()
         finally:
             self._data.close()  # leaves the group: partitions move to other replicas now
             self._models.close()
         summary.elapsed_s = time.monotonic() - started
         return summary
+
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        # Called inside consume(), between batches: the previous batch is committed already.
+        self._assigned = list(partitions)
+        if self._caught_up and self._assigned:
+            self.ready.set()
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        self._assigned = []
+        self.ready.clear()
+
+    def _measure_lag(self) -> None:
+        """Sums (high watermark - position) over the assigned partitions, every few seconds."""
+        now = time.monotonic()
+        if now < self._next_lag_check or not self._assigned:
+            return
+        self._next_lag_check = now + LAG_INTERVAL_S
+        lag = 0
+        for place in self._data.position(self._assigned):
+            low, high = self._data.get_watermark_offsets(place, cached=True)
+            if high < 0:
+                return  # no fetch response yet: unknown
+            lag += max(high - (place.offset if place.offset >= 0 else low), 0)
+        self.consumer_lag = lag
 
     def _consume(self, limit: int) -> list[Any]:
         messages = self._data.consume(limit, max(self._batch.max_delay_ms / 1000, 0.05))

@@ -68,6 +68,7 @@ class LocalRuntime:
         self._next_model_poll = 0.0
         self._stop = False
         self.ready = threading.Event()  # set once the models present at start have loaded
+        self.consumer_lag: int | None = None  # no consumer group here: never known
 
     def stop(self) -> None:
         """Asks :meth:`run` to return after the batch in hand (from any thread)."""
