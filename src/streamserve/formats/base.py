@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from streamserve.descriptor import OutputRule
-from streamserve.errors import ModelLoadError
+from streamserve.errors import MissingDependencyError, ModelLoadError
 from streamserve.formats.artifact import Artifact
 
 FloatMatrix = npt.NDArray[np.float64]
@@ -107,6 +108,14 @@ def apply_output_rule(rule: OutputRule, raw: np.ndarray, *, model: str) -> np.nd
     if matrix.shape[1] == 0:
         raise ModelLoadError(f"model {model!r} produces an empty output row")
     return np.asarray(np.argmax(matrix, axis=1))
+
+
+def import_optional(module: str, purpose: str, extra: str) -> Any:
+    """Imports an optional dependency, or raises an error naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise MissingDependencyError(f"{module} ({purpose})", extra) from err
 
 
 def require_option(options: Mapping[str, str], key: str, default: str, *, model: str) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from streamserve.descriptor import OutputRule
-from streamserve.errors import MissingDependencyError, ModelLoadError
+from streamserve.errors import ModelLoadError
 from streamserve.formats.base import (
     FactoryContext,
     FloatMatrix,
@@ -28,17 +28,14 @@ from streamserve.formats.base import (
     LoadRequest,
     Model,
     apply_output_rule,
+    import_optional,
 )
 
 _GENERATED_NAME = re.compile(r"Column_\d+")
 
 
 def _lightgbm() -> Any:
-    try:
-        import lightgbm
-    except ImportError as err:
-        raise MissingDependencyError("lightgbm (for LightGBM models)", "lightgbm") from err
-    return lightgbm
+    return import_optional("lightgbm", "for LightGBM models", "lightgbm")
 
 
 class LightGBMModel:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from streamserve.descriptor import OutputRule
-from streamserve.errors import MissingDependencyError, ModelLoadError
+from streamserve.errors import ModelLoadError
 from streamserve.formats.base import (
     FactoryContext,
     FloatMatrix,
@@ -21,6 +21,7 @@ from streamserve.formats.base import (
     LoadRequest,
     Model,
     apply_output_rule,
+    import_optional,
 )
 
 _NUMPY_TYPES: dict[str, type[np.generic]] = {
@@ -32,11 +33,7 @@ _NUMPY_TYPES: dict[str, type[np.generic]] = {
 
 
 def _onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError as err:
-        raise MissingDependencyError("onnxruntime (for ONNX models)", "onnx") from err
-    return onnxruntime
+    return import_optional("onnxruntime", "for ONNX models", "onnx")
 
 
 class OnnxModel:

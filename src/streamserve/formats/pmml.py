@@ -16,8 +16,15 @@ from typing import Any
 import numpy as np
 
 from streamserve.descriptor import OutputRule
-from streamserve.errors import MissingDependencyError, ModelLoadError, ScoringError
-from streamserve.formats.base import FactoryContext, FloatMatrix, InputSpec, LoadRequest, Model
+from streamserve.errors import ModelLoadError, ScoringError
+from streamserve.formats.base import (
+    FactoryContext,
+    FloatMatrix,
+    InputSpec,
+    LoadRequest,
+    Model,
+    import_optional,
+)
 
 _backend_lock = threading.Lock()
 _backend: Any = None
@@ -26,15 +33,12 @@ _backend: Any = None
 def _jpmml() -> tuple[Any, Any]:
     """``(jpmml_evaluator module, the process's JPype backend)``, starting the JVM once."""
     global _backend
-    try:
-        import jpmml_evaluator
-        import jpype
-        from jpmml_evaluator.jpype import JPypeBackend
-    except ImportError as err:
-        raise MissingDependencyError("jpmml-evaluator (for PMML models)", "pmml") from err
+    jpmml_evaluator = import_optional("jpmml_evaluator", "for PMML models", "pmml")
+    jpype = import_optional("jpype", "for PMML models", "pmml")
+    backends = import_optional("jpmml_evaluator.jpype", "for PMML models", "pmml")
     with _backend_lock:
         if _backend is None:
-            _backend = JPypeBackend()
+            _backend = backends.JPypeBackend()
             # The JVM counts the thread that created it as its non-daemon "main" thread and waits
             # for it at exit, even after that (loader) thread has ended: the process would hang.
             jpype.java.lang.Thread.detach()

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from streamserve.descriptor import OutputRule
-from streamserve.errors import MissingDependencyError, ModelLoadError
+from streamserve.errors import ModelLoadError
 from streamserve.formats.base import (
     FactoryContext,
     FloatMatrix,
@@ -27,6 +27,7 @@ from streamserve.formats.base import (
     LoadRequest,
     Model,
     apply_output_rule,
+    import_optional,
 )
 
 METHODS = ("predict", "predict_proba", "decision_function")
@@ -34,11 +35,7 @@ PICKLE_PROTOCOL_OPCODE = 0x80
 
 
 def _skops() -> Any:
-    try:
-        import skops.io
-    except ImportError as err:
-        raise MissingDependencyError("skops (for scikit-learn models)", "sklearn") from err
-    return skops.io
+    return import_optional("skops.io", "for scikit-learn models", "sklearn")
 
 
 class SklearnModel:

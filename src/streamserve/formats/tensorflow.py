@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from streamserve.descriptor import OutputRule
-from streamserve.errors import MissingDependencyError, ModelLoadError
+from streamserve.errors import ModelLoadError
 from streamserve.formats.artifact import materialize_directory
 from streamserve.formats.base import (
     FactoryContext,
@@ -26,6 +26,7 @@ from streamserve.formats.base import (
     LoadRequest,
     Model,
     apply_output_rule,
+    import_optional,
 )
 
 _import_lock = threading.Lock()
@@ -33,12 +34,7 @@ _import_lock = threading.Lock()
 
 def _tensorflow(context: FactoryContext) -> Any:
     with _import_lock:
-        try:
-            import tensorflow as tf
-        except ImportError as err:
-            raise MissingDependencyError(
-                "tensorflow (for TensorFlow models)", "tensorflow"
-            ) from err
+        tf = import_optional("tensorflow", "for TensorFlow models", "tensorflow")
         try:
             tf.config.threading.set_intra_op_parallelism_threads(context.threads_per_model)
             tf.config.threading.set_inter_op_parallelism_threads(1)

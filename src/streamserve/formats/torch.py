@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from streamserve.descriptor import OutputRule
-from streamserve.errors import MissingDependencyError, ModelLoadError
+from streamserve.errors import ModelLoadError
 from streamserve.formats.base import (
     FactoryContext,
     FloatMatrix,
@@ -25,6 +25,7 @@ from streamserve.formats.base import (
     LoadRequest,
     Model,
     apply_output_rule,
+    import_optional,
 )
 
 _threads_lock = threading.Lock()
@@ -32,10 +33,7 @@ FORMATS = ("export", "torchscript")
 
 
 def _torch(context: FactoryContext) -> Any:
-    try:
-        import torch
-    except ImportError as err:
-        raise MissingDependencyError("torch (for PyTorch models)", "torch") from err
+    torch = import_optional("torch", "for PyTorch models", "torch")
     with _threads_lock:
         if torch.get_num_threads() != context.threads_per_model:
             torch.set_num_threads(context.threads_per_model)

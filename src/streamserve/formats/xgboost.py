@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from streamserve.descriptor import OutputRule
-from streamserve.errors import MissingDependencyError, ModelLoadError
+from streamserve.errors import ModelLoadError
 from streamserve.formats.base import (
     FactoryContext,
     FloatMatrix,
@@ -25,15 +25,12 @@ from streamserve.formats.base import (
     LoadRequest,
     Model,
     apply_output_rule,
+    import_optional,
 )
 
 
 def _xgboost() -> Any:
-    try:
-        import xgboost
-    except ImportError as err:
-        raise MissingDependencyError("xgboost (for XGBoost models)", "xgboost") from err
-    return xgboost
+    return import_optional("xgboost", "for XGBoost models", "xgboost")
 
 
 class XGBoostModel:

@@ -123,3 +123,12 @@ def test_entry_point_names_are_model_types() -> None:
     assert parse_model_type("1000") == 1000
     with pytest.raises(ConfigurationError, match="not a model type"):
         parse_model_type("no-such-type")
+
+
+def test_a_missing_optional_dependency_names_its_extra() -> None:
+    from streamserve.errors import MissingDependencyError
+    from streamserve.formats.base import import_optional
+
+    with pytest.raises(MissingDependencyError, match=r"pip install 'streamserve\[magic\]'"):
+        import_optional("streamserve_no_such_module", "for magic models", "magic")
+    assert import_optional("json", "for tests", "none").dumps([]) == "[]"
