@@ -79,6 +79,12 @@ class KafkaSettings(_Section):
     )
     catch_up_timeout_s: float = Field(300.0, gt=0, description="models topic catch-up limit")
     flush_timeout_s: float = Field(60.0, gt=0, description="wait this long for output acks")
+    exactly_once: bool = Field(
+        False, description="outputs and offsets in one transaction per batch (needs broker support)"
+    )
+    transactional_id: str | None = Field(
+        None, description="the replica's transactional.id (default: group, host and process id)"
+    )
 
 
 class ApiSettings(_Section):

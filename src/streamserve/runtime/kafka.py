@@ -13,6 +13,8 @@ each key is loaded before the first record is scored), then followed between bat
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -90,6 +92,19 @@ class KafkaRuntime:
                 **settings.consumer,
             }
         )
+        self._transactions: Any = None  # a transactional producer, with exactly_once
+        if settings.exactly_once:
+            transactional_id = settings.transactional_id or (
+                f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
+            )
+            self._transactions = self._kafka.Producer(
+                {
+                    **common,
+                    "transactional.id": transactional_id,
+                    "message.max.bytes": 200 * 1024 * 1024,
+                    **settings.producer,
+                }
+            )
         self._delivery_errors: list[str] = []
         self.ready = threading.Event()  # models caught up and data partitions assigned
         self._caught_up = False
@@ -194,6 +209,7 @@ class KafkaRuntime:
         """Serves until stopped, ``count`` records are committed, or ``timeout_s`` passes."""
         started = time.monotonic()
         summary = RunSummary()
+        self._init_transactions()
         self.catch_up_models()
         self._caught_up = True
         self._data.subscribe(
@@ -217,6 +233,7 @@ class KafkaRuntime:
         finally:
             self._data.close()  # leaves the group: partitions move to other replicas now
             self._models.close()
+            self._producer.flush(self._settings.flush_timeout_s)  # pending model events
         summary.elapsed_s = time.monotonic() - started
         return summary
 
@@ -263,25 +280,62 @@ class KafkaRuntime:
         ]
         outcome = self._core.score(self._codec.decode(records))
         results, errors = encode_outcome(outcome)
-        self._produce(self._settings.results_topic, results)
-        self._produce(self._settings.errors_topic, errors)
-        self._flush()
-        self._commit(messages)
+        if self._transactions is not None:
+            self._commit_transactionally(results, errors, messages)
+        else:
+            self._produce(self._settings.results_topic, results)
+            self._produce(self._settings.errors_topic, errors)
+            self._flush()
+            self._data.commit(offsets=self._next_offsets(messages), asynchronous=False)
         summary.records += len(records)
         summary.results += len(results)
         summary.errors += len(errors)
         summary.batches += 1
 
-    def _produce(self, topic: str, messages: Sequence[Encoded]) -> None:
+    def _produce(self, topic: str, messages: Sequence[Encoded], producer: Any = None) -> None:
+        producer = producer or self._producer
         for key, value in messages:
             while True:
                 try:
-                    self._producer.produce(
-                        topic, value=value, key=key, on_delivery=self._on_delivery
-                    )
+                    producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
                     break
                 except BufferError:
-                    self._producer.poll(0.05)  # the local queue is full: let it drain
+                    producer.poll(0.05)  # the local queue is full: let it drain
+
+    def _init_transactions(self) -> None:
+        if self._transactions is None:
+            return
+        try:
+            self._transactions.init_transactions(self._settings.catch_up_timeout_s)
+        except self._kafka.KafkaException as err:
+            raise InfrastructureError(
+                f"exactly_once is on, but transactions cannot start at "
+                f"{self._settings.bootstrap_servers}: {err.args[0]} (does the broker support "
+                "them? turn exactly_once off for at-least-once)"
+            ) from err
+
+    def _commit_transactionally(
+        self, results: Sequence[Encoded], errors: Sequence[Encoded], messages: Sequence[Any]
+    ) -> None:
+        """Outputs and the batch's offsets in one transaction: all of them count, or none."""
+        transactions = self._transactions
+        timeout_s = self._settings.flush_timeout_s
+        try:
+            transactions.begin_transaction()
+            self._produce(self._settings.results_topic, results, transactions)
+            self._produce(self._settings.errors_topic, errors, transactions)
+            transactions.send_offsets_to_transaction(
+                self._next_offsets(messages), self._data.consumer_group_metadata(), timeout_s
+            )
+            transactions.commit_transaction(timeout_s)
+        except self._kafka.KafkaException as err:
+            error = err.args[0]
+            if error.txn_requires_abort():
+                transactions.abort_transaction(timeout_s)
+            raise InfrastructureError(
+                f"the transaction of a batch failed ({error}); nothing of it was committed, "
+                "the batch will be re-delivered"
+            ) from err
 
     def _on_delivery(self, error: Any, message: Any) -> None:
         if error is not None:
@@ -296,16 +350,13 @@ class KafkaRuntime:
                 "stopping without committing, the batch will be re-delivered"
             )
 
-    def _commit(self, messages: Sequence[Any]) -> None:
-        kafka = self._kafka
+    def _next_offsets(self, messages: Sequence[Any]) -> list[Any]:
+        """Per partition, the offset after the batch's last message: what a commit stores."""
         next_offsets: dict[tuple[str, int], int] = {}
         for message in messages:
             place = (message.topic(), message.partition())
             next_offsets[place] = max(next_offsets.get(place, 0), message.offset() + 1)
-        self._data.commit(
-            offsets=[kafka.TopicPartition(t, p, o) for (t, p), o in next_offsets.items()],
-            asynchronous=False,
-        )
+        return [self._kafka.TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
 
     def _publish_events(self) -> int:
         events = self._core.drain_events()
