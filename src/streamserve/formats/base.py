@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -62,6 +63,33 @@ DEFAULT_SKLEARN_TRUSTED_TYPES: tuple[str, ...] = (
     "sklearn._loss.loss.HalfBinomialLoss",
     "sklearn._loss.loss.HalfMultinomialLoss",
 )
+
+
+class RuledModel(ABC):
+    """A model whose published values are its raw output under the descriptor's output rule.
+
+    Formats give ``raw_output`` and ``close``; the inputs, the rule and the name live here once.
+    """
+
+    def __init__(self, inputs: InputSpec, output: OutputRule, name: str) -> None:
+        self._inputs = inputs
+        self._output = output
+        self._name = name
+
+    @property
+    def inputs(self) -> InputSpec:
+        return self._inputs
+
+    def score_batch(self, features: FloatMatrix) -> np.ndarray:
+        raw = np.asarray(self.raw_output(features))
+        return apply_output_rule(self._output, raw, model=self._name)
+
+    @abstractmethod
+    def raw_output(self, features: FloatMatrix) -> Any:
+        """The model's own output for ``features``, rows first."""
+
+    @abstractmethod
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,6 @@ import subprocess
 import sys
 from typing import Any
 
-import numpy as np
-
 from streamserve.descriptor import OutputRule
 from streamserve.errors import ModelLoadError
 from streamserve.formats.base import (
@@ -27,7 +25,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    apply_output_rule,
+    RuledModel,
     import_optional,
 )
 
@@ -38,23 +36,16 @@ def _lightgbm() -> Any:
     return import_optional("lightgbm", "for LightGBM models", "lightgbm")
 
 
-class LightGBMModel:
+class LightGBMModel(RuledModel):
     def __init__(self, booster: Any, threads: int, output: OutputRule, name: str) -> None:
-        self._booster = booster
-        self._threads = threads
-        self._output = output
-        self._name = name
         names = [str(n) for n in booster.feature_name()]
         generated = all(_GENERATED_NAME.fullmatch(n) for n in names)
-        self._inputs = InputSpec(len(names), None if generated else tuple(names))
+        super().__init__(InputSpec(len(names), None if generated else tuple(names)), output, name)
+        self._booster = booster
+        self._threads = threads
 
-    @property
-    def inputs(self) -> InputSpec:
-        return self._inputs
-
-    def score_batch(self, features: FloatMatrix) -> np.ndarray:
-        raw = self._booster.predict(features, num_threads=self._threads, validate_features=False)
-        return apply_output_rule(self._output, np.asarray(raw), model=self._name)
+    def raw_output(self, features: FloatMatrix) -> Any:
+        return self._booster.predict(features, num_threads=self._threads, validate_features=False)
 
     def close(self) -> None:
         self._booster = None

@@ -20,7 +20,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    apply_output_rule,
+    RuledModel,
     import_optional,
 )
 
@@ -36,22 +36,18 @@ def _onnxruntime() -> Any:
     return import_optional("onnxruntime", "for ONNX models", "onnx")
 
 
-class OnnxModel:
-    def __init__(self, session: Any, output_name: str, output: OutputRule, name: str) -> None:
+class OnnxModel(RuledModel):
+    def __init__(
+        self, session: Any, output_name: str, inputs: InputSpec, output: OutputRule, name: str
+    ) -> None:
+        super().__init__(inputs, output, name)
         self._session = session
         self._output_name = output_name
-        self._output = output
-        self._name = name
-        inputs = session.get_inputs()
-        self._input_names = [node.name for node in inputs]
-        self._dtypes = [_input_dtype(node, name) for node in inputs]
-        self._inputs = _input_spec(inputs, name)
+        nodes = session.get_inputs()
+        self._input_names = [node.name for node in nodes]
+        self._dtypes = [_input_dtype(node, name) for node in nodes]
 
-    @property
-    def inputs(self) -> InputSpec:
-        return self._inputs
-
-    def score_batch(self, features: FloatMatrix) -> np.ndarray:
+    def raw_output(self, features: FloatMatrix) -> Any:
         if len(self._input_names) == 1:
             feeds = {self._input_names[0]: features.astype(self._dtypes[0], copy=False)}
         else:
@@ -62,7 +58,7 @@ class OnnxModel:
                 )
             }
         (raw,) = self._session.run([self._output_name], feeds)
-        return apply_output_rule(self._output, np.asarray(raw), model=self._name)
+        return raw
 
     def close(self) -> None:
         self._session = None
@@ -126,19 +122,19 @@ class OnnxFactory:
                 f"ONNX model {request.name!r}: option output={output_name!r} is "
                 f"not one of its outputs {outputs}"
             )
-        model = OnnxModel(session, output_name, request.output, request.name)
-        return _with_feature_names(model, request)
+        inputs = _with_feature_names(_input_spec(session.get_inputs(), request.name), request)
+        return OnnxModel(session, output_name, inputs, request.output, request.name)
 
 
-def _with_feature_names(model: OnnxModel, request: LoadRequest) -> Model:
+def _with_feature_names(spec: InputSpec, request: LoadRequest) -> InputSpec:
+    """The input spec, with its columns named by option ``feature_names`` when given."""
     names = request.options.get("feature_names")
     if names is None:
-        return model
+        return spec
     declared = tuple(name.strip() for name in names.split(","))
-    if len(declared) != model.inputs.width:
+    if len(declared) != spec.width:
         raise ModelLoadError(
             f"ONNX model {request.name!r}: option feature_names names "
-            f"{len(declared)} features, the input is {model.inputs.width} wide"
+            f"{len(declared)} features, the input is {spec.width} wide"
         )
-    model._inputs = InputSpec(width=len(declared), names=declared)
-    return model
+    return InputSpec(width=len(declared), names=declared)

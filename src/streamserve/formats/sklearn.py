@@ -16,8 +16,6 @@ import zipfile
 from io import BytesIO
 from typing import Any
 
-import numpy as np
-
 from streamserve.descriptor import OutputRule
 from streamserve.errors import ModelLoadError
 from streamserve.formats.base import (
@@ -26,7 +24,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    apply_output_rule,
+    RuledModel,
     import_optional,
 )
 
@@ -38,26 +36,20 @@ def _skops() -> Any:
     return import_optional("skops.io", "for scikit-learn models", "sklearn")
 
 
-class SklearnModel:
+class SklearnModel(RuledModel):
     def __init__(self, estimator: Any, method: str, output: OutputRule, name: str) -> None:
-        self._estimator = estimator
-        self._predict = getattr(estimator, method)
-        self._output = output
-        self._name = name
         names = getattr(estimator, "feature_names_in_", None)
         if names is not None:
-            self._inputs = InputSpec(len(names), tuple(str(n) for n in names))
+            spec = InputSpec(len(names), tuple(str(n) for n in names))
         else:
-            self._inputs = InputSpec(int(estimator.n_features_in_))
+            spec = InputSpec(int(estimator.n_features_in_))
+        super().__init__(spec, output, name)
+        self._estimator = estimator
+        self._predict = getattr(estimator, method)
         self._frame = _frame_builder(names)
 
-    @property
-    def inputs(self) -> InputSpec:
-        return self._inputs
-
-    def score_batch(self, features: FloatMatrix) -> np.ndarray:
-        raw = np.asarray(self._predict(self._frame(features)))
-        return apply_output_rule(self._output, raw, model=self._name)
+    def raw_output(self, features: FloatMatrix) -> Any:
+        return self._predict(self._frame(features))
 
     def close(self) -> None:
         self._estimator = self._predict = None

@@ -14,8 +14,6 @@ import tempfile
 import threading
 from typing import Any
 
-import numpy as np
-
 from streamserve.descriptor import OutputRule
 from streamserve.errors import ModelLoadError
 from streamserve.formats.artifact import materialize_directory
@@ -25,7 +23,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    apply_output_rule,
+    RuledModel,
     import_optional,
 )
 
@@ -43,7 +41,7 @@ def _tensorflow(context: FactoryContext) -> Any:
         return tf
 
 
-class TensorFlowModel:
+class TensorFlowModel(RuledModel):
     """A TF function of one float32 input tensor [rows, width] and one output tensor."""
 
     def __init__(
@@ -57,21 +55,14 @@ class TensorFlowModel:
         owner: Any = None,
         scratch: tempfile.TemporaryDirectory[str] | None = None,
     ) -> None:
+        super().__init__(InputSpec(width=width), output, name)
         self._tf = tf
         self._function = function
-        self._inputs = InputSpec(width=width)
-        self._output = output
-        self._name = name
         self._owner = owner  # a SavedModel's signatures need the loaded object alive
         self._scratch = scratch
 
-    @property
-    def inputs(self) -> InputSpec:
-        return self._inputs
-
-    def score_batch(self, features: FloatMatrix) -> np.ndarray:
-        raw = self._function(self._tf.constant(features, dtype=self._tf.float32))
-        return apply_output_rule(self._output, np.asarray(raw), model=self._name)
+    def raw_output(self, features: FloatMatrix) -> Any:
+        return self._function(self._tf.constant(features, dtype=self._tf.float32))
 
     def close(self) -> None:
         self._function = None

@@ -24,7 +24,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    apply_output_rule,
+    RuledModel,
     import_optional,
 )
 
@@ -40,24 +40,18 @@ def _torch(context: FactoryContext) -> Any:
     return torch
 
 
-class TorchModel:
+class TorchModel(RuledModel):
     def __init__(self, torch: Any, module: Any, width: int, output: OutputRule, name: str) -> None:
+        super().__init__(InputSpec(width=width), output, name)
         self._torch = torch
         self._module = module
-        self._inputs = InputSpec(width=width)
-        self._output = output
-        self._name = name
 
-    @property
-    def inputs(self) -> InputSpec:
-        return self._inputs
-
-    def score_batch(self, features: FloatMatrix) -> np.ndarray:
+    def raw_output(self, features: FloatMatrix) -> Any:
         with self._torch.inference_mode():
             raw = self._module(self._torch.from_numpy(features.astype(np.float32)))
         if isinstance(raw, tuple | list):
             raw = raw[0]
-        return apply_output_rule(self._output, raw.detach().numpy(), model=self._name)
+        return raw.detach().numpy()
 
     def close(self) -> None:
         self._module = None

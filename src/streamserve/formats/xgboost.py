@@ -13,7 +13,6 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import numpy as np
 import orjson
 
 from streamserve.descriptor import OutputRule
@@ -24,7 +23,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    apply_output_rule,
+    RuledModel,
     import_optional,
 )
 
@@ -33,23 +32,15 @@ def _xgboost() -> Any:
     return import_optional("xgboost", "for XGBoost models", "xgboost")
 
 
-class XGBoostModel:
+class XGBoostModel(RuledModel):
     def __init__(self, booster: Any, output: OutputRule, name: str) -> None:
-        self._booster = booster
-        self._output = output
-        self._name = name
         names = booster.feature_names
-        self._inputs = (
-            InputSpec(len(names), tuple(names)) if names else InputSpec(booster.num_features())
-        )
+        spec = InputSpec(len(names), tuple(names)) if names else InputSpec(booster.num_features())
+        super().__init__(spec, output, name)
+        self._booster = booster
 
-    @property
-    def inputs(self) -> InputSpec:
-        return self._inputs
-
-    def score_batch(self, features: FloatMatrix) -> np.ndarray:
-        raw = self._booster.inplace_predict(features, validate_features=False)
-        return apply_output_rule(self._output, np.asarray(raw), model=self._name)
+    def raw_output(self, features: FloatMatrix) -> Any:
+        return self._booster.inplace_predict(features, validate_features=False)
 
     def close(self) -> None:
         self._booster = None
