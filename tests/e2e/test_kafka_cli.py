@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from kafka_broker import running_broker
+from kafka_broker import running_broker, serve_kafka_command
 
 from streamserve.codecs.protobuf import encode_wine_record
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
@@ -53,20 +52,7 @@ data_topics = ["wine-data"]
 consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
 """)
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "streamserve",
-                "serve",
-                "--runtime",
-                "kafka",
-                "--config",
-                str(config),
-                "--count",
-                "50",
-                "--timeout-s",
-                "120",
-            ],
+            serve_kafka_command(config, "--count", "50", "--timeout-s", "120"),
             capture_output=True,
             timeout=300,
             check=False,

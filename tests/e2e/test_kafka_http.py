@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from kafka_broker import running_broker
+from kafka_broker import running_broker, serve_kafka_command
 from prometheus_client.parser import text_string_to_metric_families
 
 from builders import onnx_constant
@@ -57,18 +56,7 @@ consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
         log = tmp_path / "replica.log"
         with log.open("wb") as stderr:
             replica = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "streamserve",
-                    "serve",
-                    "--runtime",
-                    "kafka",
-                    "--config",
-                    str(config),
-                    "--http-port",
-                    "0",
-                ],
+                serve_kafka_command(config, "--http-port", "0"),
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},

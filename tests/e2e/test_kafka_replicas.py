@@ -8,7 +8,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -17,7 +16,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
-from kafka_broker import Broker, running_broker
+from kafka_broker import Broker, running_broker, serve_kafka_command
 
 from builders import onnx_constant
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
@@ -47,17 +46,7 @@ consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
 def _replica(config: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
     with log.open("wb") as stderr:  # the child keeps its own copy of the descriptor
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "streamserve",
-                "serve",
-                "--runtime",
-                "kafka",
-                "--config",
-                str(config),
-                *extra,
-            ],
+            serve_kafka_command(config, *extra),
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
