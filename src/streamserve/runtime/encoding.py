@@ -8,11 +8,13 @@ and the input itself (as text, or base64 when it is not UTF-8), so nothing is lo
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 
 import orjson
 
 from streamserve.codecs.base import InputRecord
-from streamserve.serving.events import ModelEvent
+from streamserve.serving.core import ServingCore
+from streamserve.serving.events import ModelEvent, ModelEventKind
 from streamserve.serving.outcome import BatchOutcome, RecordError
 
 Encoded = tuple[bytes | None, bytes]  # (message key, message value)
@@ -72,3 +74,16 @@ def encode_model_event(event: ModelEvent) -> Encoded:
         "at": event.at,
     }
     return (event.key.encode() or None), orjson.dumps(document)
+
+
+def drain_model_events(
+    core: ServingCore, on_event: Callable[[ModelEvent], None] | None
+) -> tuple[list[Encoded], int]:
+    """Takes the core's model events: the rejections encoded for the errors output, and how
+    many events there were. ``on_event`` (the demo's display, say) sees every event."""
+    events = core.drain_events()
+    if on_event is not None:
+        for event in events:
+            on_event(event)
+    rejected = [encode_model_event(e) for e in events if e.kind is ModelEventKind.REJECTED]
+    return rejected, len(events)

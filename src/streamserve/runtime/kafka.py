@@ -22,10 +22,10 @@ from typing import Any
 
 from streamserve.codecs.base import Codec, InputRecord
 from streamserve.errors import InfrastructureError
-from streamserve.runtime.encoding import Encoded, encode_model_event, encode_outcome
+from streamserve.runtime.encoding import Encoded, drain_model_events, encode_outcome
 from streamserve.runtime.local import RunSummary
 from streamserve.serving.core import ServingCore
-from streamserve.serving.events import ModelEvent, ModelEventKind
+from streamserve.serving.events import ModelEvent
 from streamserve.settings import BatchSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -359,15 +359,11 @@ class KafkaRuntime:
         return [self._kafka.TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
 
     def _publish_events(self) -> int:
-        events = self._core.drain_events()
-        rejected = [encode_model_event(e) for e in events if e.kind is ModelEventKind.REJECTED]
+        rejected, count = drain_model_events(self._core, self._on_event)
         if rejected:
             self._produce(self._settings.errors_topic, rejected)
             self._producer.poll(0)
-        if self._on_event is not None:
-            for event in events:
-                self._on_event(event)
-        return len(events)
+        return count
 
 
 def _position(message: Any) -> str:

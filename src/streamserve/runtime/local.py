@@ -16,11 +16,11 @@ from typing import Protocol
 
 from streamserve.codecs.base import Codec, InputRecord
 from streamserve.errors import DescriptorError
-from streamserve.runtime.encoding import encode_model_event, encode_outcome
+from streamserve.runtime.encoding import drain_model_events, encode_outcome
 from streamserve.runtime.model_directory import ModelMessage
 from streamserve.runtime.streams import Sink, Source
 from streamserve.serving.core import ServingCore
-from streamserve.serving.events import ModelEvent, ModelEventKind
+from streamserve.serving.events import ModelEvent
 from streamserve.settings import BatchSettings
 
 IDLE_WAIT_S = 0.05
@@ -144,10 +144,6 @@ class LocalRuntime:
                 self._core.submit_model_message(message.payload, message.origin)
 
     def _publish_events(self) -> int:
-        events = self._core.drain_events()
-        rejected = [encode_model_event(e) for e in events if e.kind is ModelEventKind.REJECTED]
+        rejected, count = drain_model_events(self._core, self._on_event)
         self._errors.write(rejected)
-        if self._on_event is not None:
-            for event in events:
-                self._on_event(event)
-        return len(events)
+        return count
