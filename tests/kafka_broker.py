@@ -6,13 +6,14 @@ half the session timeout, so tests use a short one.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 TEST_CONSUMER_SETTINGS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 2000}
 
 
-@dataclass(frozen=True)
+@dataclass
 class Broker:
     bootstrap: str
 
@@ -33,7 +34,7 @@ class Broker:
         for future in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).values():
             future.result(30)
 
-    def produce(self, topic: str, messages: list[tuple[bytes | None, bytes]]) -> None:
+    def produce(self, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
         producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
         for key, value in messages:
             producer.produce(topic, value=value, key=key)
@@ -92,9 +93,18 @@ def free_port() -> int:
     return _free_port()
 
 
-@contextmanager
-def running_broker(port: int | None = None) -> Iterator[Broker]:
-    port = port or _free_port()
+def _wait_for_port(port: int, what: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"{what} did not start"
+            time.sleep(0.01)
+
+
+def _start_tansu(port: int, storage: list[str], env: dict[str, str] | None = None) -> Any:
     url = f"tcp://127.0.0.1:{port}"
     process = subprocess.Popen(
         [
@@ -104,20 +114,92 @@ def running_broker(port: int | None = None) -> Iterator[Broker]:
             url,
             "--advertised-listener-url",
             url,
+            *storage,
         ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    _wait_for_port(port, "the test broker")
+    return process
+
+
+def _stop(process: Any) -> None:
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@contextmanager
+def running_broker(port: int | None = None) -> Iterator[Broker]:
+    port = port or _free_port()
+    process = _start_tansu(port, [])
+    try:
+        yield Broker(f"127.0.0.1:{port}")
+    finally:
+        _stop(process)
+
+
+@dataclass
+class DurableBroker(Broker):
+    """A broker whose topics and offsets survive its own SIGKILL: tansu on S3 storage (moto).
+
+    ``crash()`` kills the broker at once; ``start()`` brings it back on the same port.
+    """
+
+    port: int = 0
+    env: dict[str, str] = field(default_factory=dict)
+    process: Any = None
+
+    def start(self) -> None:
+        self.process = _start_tansu(self.port, ["--storage-engine", "s3://tansu/"], self.env)
+
+    def crash(self) -> None:
+        self.process.kill()
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            _stop(self.process)
+
+
+@contextmanager
+def running_durable_broker() -> Iterator[DurableBroker]:
+    s3_port = _free_port()
+    s3 = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the test broker did not start"
-                time.sleep(0.01)
-        yield Broker(f"127.0.0.1:{port}")
+        _wait_for_port(s3_port, "the S3 emulator")
+        env = {
+            **os.environ,
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "eu-west-1",
+            "AWS_ENDPOINT": f"http://127.0.0.1:{s3_port}",
+            "AWS_ALLOW_HTTP": "true",
+        }
+        _create_bucket(f"http://127.0.0.1:{s3_port}", "tansu")
+        port = _free_port()
+        broker = DurableBroker(f"127.0.0.1:{port}", port, env)
+        broker.start()
+        try:
+            yield broker
+        finally:
+            broker.stop()
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        _stop(s3)
+
+
+def _create_bucket(endpoint: str, name: str) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+        region_name="eu-west-1",
+    )
+    client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})

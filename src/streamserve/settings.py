@@ -78,7 +78,9 @@ class KafkaSettings(_Section):
         default_factory=dict, description="extra librdkafka producer settings"
     )
     catch_up_timeout_s: float = Field(300.0, gt=0, description="models topic catch-up limit")
-    flush_timeout_s: float = Field(60.0, gt=0, description="wait this long for output acks")
+    flush_timeout_s: float = Field(
+        300.0, gt=0, description="wait this long for output acks and commits (broker away)"
+    )
     exactly_once: bool = Field(
         False, description="outputs and offsets in one transaction per batch (needs broker support)"
     )

@@ -145,3 +145,74 @@ def test_a_killed_replica_loses_nothing_and_duplicates_stay_in_its_window(
     assert duplicates <= window
     survivors = sum(_records_scored(tmp_path / f"replica-{i}.log") for i in range(1, replicas))
     assert survivors < len(results), "the killed replica had scored nothing: no takeover shown"
+
+
+def _constant(key: str, value: float, name: str) -> bytes:
+    return encode_descriptor(
+        ModelDescriptor(
+            name=name, data_type=key, model_type=ModelType.ONNX, data=onnx_constant(1, value)
+        )
+    )
+
+
+def _records(start: int, count: int) -> list[tuple[bytes | None, bytes]]:
+    keys = ("k1", "k2", "k3")
+    return [
+        (None, orjson.dumps({"dataType": keys[i % 3], "features": [float(i)]}))
+        for i in range(start, start + count)
+    ]
+
+
+def test_a_replica_restarted_after_sigkill_rebuilds_every_model_before_scoring(
+    tmp_path: Path,
+) -> None:
+    with running_broker() as broker:
+        broker.create_topics("data", partitions=PARTITIONS)
+        broker.create_topics("models", "results", "errors")
+        broker.produce(
+            "models",
+            [
+                (b"k1", _constant("k1", 1.0, "one")),
+                (b"k2", _constant("k2", 2.0, "two")),
+                (b"k3", _constant("k3", 3.0, "three")),
+                (b"k2", _constant("k2", 5.0, "five")),  # replaces "two"
+                (
+                    b"k3",
+                    encode_descriptor(
+                        ModelDescriptor(
+                            name="junk", data_type="k3", model_type=ModelType.ONNX, data=b"x"
+                        )
+                    ),
+                ),
+            ],
+        )
+        broker.produce("data", _records(0, 3000))
+        config = _config(tmp_path, broker)
+        crashed = _replica(config, tmp_path / "crashed.log", "--http-port", "0")
+        try:
+            _wait_until_scoring(tmp_path / "crashed.log")
+        finally:
+            crashed.send_signal(signal.SIGKILL)
+            crashed.wait(timeout=60)
+        broker.produce("data", _records(3000, 300))
+        restarted = _replica(config, tmp_path / "restarted.log")
+        try:
+            inputs = {f"{m.topic()}/{m.partition()}@{m.offset()}" for m in broker.read_all("data")}
+            deadline = time.monotonic() + 120
+            while {orjson.loads(m.value())["position"] for m in broker.read_all("results")} < inputs:
+                assert time.monotonic() < deadline, "the restarted replica did not finish"
+                time.sleep(1)
+        finally:
+            restarted.send_signal(signal.SIGTERM)
+            assert restarted.wait(timeout=60) == 0
+        results = [orjson.loads(m.value()) for m in broker.read_all("results")]
+        errors = [orjson.loads(m.value()) for m in broker.read_all("errors")]
+
+    assert _records_scored(tmp_path / "restarted.log") > 0
+    expected = {"k1": ("one", 1.0), "k2": ("five", 5.0), "k3": ("three", 3.0)}
+    assert {(r["key"], r["model"], r["value"]) for r in results} == {
+        (key, name, value) for key, (name, value) in expected.items()
+    }, "a record was scored by a model other than its key's latest good one"
+    assert [(e["kind"], e["model"]) for e in errors] == [("model_rejected", "junk")] * 2, (
+        "each replica rejects the junk model once, and no record failed"
+    )

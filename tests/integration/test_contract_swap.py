@@ -122,3 +122,39 @@ def test_a_slow_older_model_never_replaces_a_newer_one(tmp_path: Path) -> None:
     finally:
         gate.set()
         core.close()
+
+
+def test_an_unloaded_key_stays_unloaded_until_a_newer_model_arrives() -> None:
+    """Unloading (admin action, models-topic tombstone) is ordered with model messages: a model
+    submitted before it and still loading never resurrects the key; one submitted after it does."""
+    gate = threading.Event()
+    registry = FactoryRegistry(FactoryContext())
+    gated = GatedFactory(OnnxFactory(registry.context), gate)
+    registry.register(GATED_TYPE, lambda context: gated)
+    core = ServingCore(ServingSettings(loader_threads=2), registry)
+    try:
+        core.submit_model(onnx_descriptor("served", onnx_constant(11, 1.0)))
+        assert core.wait_for_models(60)
+        assert core.score(CODEC.decode(_batch(0, 1))).result_count == 1
+        core.submit_model(
+            replace(onnx_descriptor("in-flight", onnx_constant(11, 2.0)), model_type=GATED_TYPE)
+        )
+        assert gated.loading.wait(60)
+        assert core.unload("wine", origin="models/0@7")
+        gate.set()
+        assert core.wait_for_models(60)
+        outcome = core.score(CODEC.decode(_batch(0, 2)))
+        assert outcome.result_count == 0
+        assert {error.kind for error in outcome.errors} == {"no_model"}
+        events = {(e.kind, e.name) for e in core.drain_events()}
+        assert (ModelEventKind.UNLOADED, "") in events
+        assert (ModelEventKind.SUPERSEDED, "in-flight") in events
+
+        core.submit_model(onnx_descriptor("after", onnx_constant(11, 3.0)))
+        assert core.wait_for_models(60)
+        outcome = core.score(CODEC.decode(_batch(0, 2)))
+        assert [group.model.name for group in outcome.groups] == ["after"]
+        assert outcome.groups[0].values.tolist() == [3.0, 3.0]
+    finally:
+        gate.set()
+        core.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,30 @@ def test_exactly_once_mode_commits_outputs_and_offsets_in_one_transaction(
     positions = [orjson.loads(m.value())["position"] for m in broker.read_all("results")]
     assert len(positions) == 200
     assert len(set(positions)) == 200
+
+
+def test_a_tombstone_on_the_models_topic_unloads_its_key(
+    broker: Broker, wine_dir: Path, wine_matrix: np.ndarray
+) -> None:
+    """Compaction deletes a key's model with a null value; every replica unloads the key, and
+    a replica started later, replaying the topic, ends in the same state."""
+    broker.produce(
+        "models",
+        [
+            (b"wine", encode_descriptor(frozen_graph(wine_dir))),
+            (b"other", encode_descriptor(replace(frozen_graph(wine_dir), data_type="other"))),
+            (b"wine", None),
+            (None, None),  # a tombstone without a key: ignored
+        ],
+    )
+    broker.produce("wine-data", [(None, encode_wine_record(r[:11])) for r in wine_matrix[:5]])
+    _, core = serve(broker, count=5)
+    assert core.find_slot("wine") is None
+    other = core.find_slot("other")
+    assert other is not None and other.current is not None, "a tombstone unloaded another key"
+    core.close()
+
+    errors = [orjson.loads(m.value()) for m in broker.read_all("errors")]
+    assert [e["kind"] for e in errors] == ["no_model"] * 5
+    assert {e["key"] for e in errors} == {"wine"}
+    assert broker.read_all("results") == []

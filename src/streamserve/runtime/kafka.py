@@ -34,6 +34,31 @@ METADATA_TIMEOUT_S = 30.0
 MAX_BACKOFF_S = 10.0
 ERROR_LOG_INTERVAL_S = 5.0
 LAG_INTERVAL_S = 2.0
+FLUSH_STEP_S = 1.0
+
+
+class ClientLog:
+    """librdkafka's log lines in Python logging, at most one per facility every few seconds.
+
+    While a broker is down, librdkafka logs every failed connection attempt of every client,
+    many a second; the first of each kind says enough, with a count of those left out.
+    """
+
+    def __init__(self, interval_s: float = ERROR_LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+        self._log = logging.getLogger(f"{__name__}.client")
+
+    def log(self, level: int, fmt: str, facility: str, client: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(facility, -self._interval_s) < self._interval_s:
+            self._left_out[facility] = self._left_out.get(facility, 0) + 1
+            return
+        self._last[facility] = now
+        left_out = self._left_out.pop(facility, 0)
+        suffix = f" ({left_out} similar lines left out)" if left_out else ""
+        self._log.log(level, "%s [%s] %s%s", facility, client, text, suffix)
 
 
 def confluent_kafka_module() -> Any:
@@ -63,7 +88,11 @@ class KafkaRuntime:
         self._batch = batch
         self._on_event = on_event
         self._stop = False
-        common = {"bootstrap.servers": settings.bootstrap_servers, "error_cb": self._on_error}
+        common = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "error_cb": self._on_error,
+            "logger": ClientLog(),
+        }
         self._last_error_log = 0.0
         self._producer = self._kafka.Producer(
             {
@@ -137,7 +166,7 @@ class KafkaRuntime:
                 if self._is_partition_end(message):
                     at_end.add(message.partition())
                 elif message.error() is None:
-                    self._submit_model(message.value(), _position(message))
+                    self._submit_model(message)
                     submitted += 1
         self._core.wait_for_models(self._settings.catch_up_timeout_s)
         return submitted
@@ -193,12 +222,20 @@ class KafkaRuntime:
     def _follow_models(self) -> None:
         for message in self._models.consume(1000, 0):
             if message.error() is None:
-                self._submit_model(message.value(), _position(message))
+                self._submit_model(message)
 
-    def _submit_model(self, payload: bytes | None, origin: str) -> None:
-        if payload is None:
-            return  # a tombstone: the key's model was deleted from the compacted topic
-        self._core.submit_model_message(payload, origin)
+    def _submit_model(self, message: Any) -> None:
+        origin = _position(message)
+        payload = message.value()
+        if payload is not None:
+            self._core.submit_model_message(payload, origin)
+            return
+        # A tombstone deletes its key's model from the compacted topic: unload the key too.
+        key = message.key()
+        if key is None:
+            log.warning("ignored a tombstone without a key at %s", origin)
+            return
+        self._core.unload(key.decode("utf-8", "replace"), origin)
 
     def _is_partition_end(self, message: Any) -> bool:
         error = message.error()
@@ -286,7 +323,7 @@ class KafkaRuntime:
             self._produce(self._settings.results_topic, results)
             self._produce(self._settings.errors_topic, errors)
             self._flush()
-            self._data.commit(offsets=self._next_offsets(messages), asynchronous=False)
+            self._commit(self._next_offsets(messages))
         summary.records += len(records)
         summary.results += len(results)
         summary.errors += len(errors)
@@ -342,13 +379,56 @@ class KafkaRuntime:
             self._delivery_errors.append(f"{message.topic()}: {error}")
 
     def _flush(self) -> None:
-        remaining = self._producer.flush(self._settings.flush_timeout_s)
+        """Waits until every output is acknowledged, saying so while the broker is away.
+
+        librdkafka retries delivery by itself (for ``message.timeout.ms``); a delivery error or
+        ``flush_timeout_s`` without acknowledgement ends the run before the commit, so the batch
+        is re-delivered to whichever replica owns its partitions next.
+        """
+        waited_s = 0.0
+        remaining = self._producer.flush(FLUSH_STEP_S)
+        while remaining and not self._delivery_errors:
+            waited_s += FLUSH_STEP_S
+            if waited_s >= self._settings.flush_timeout_s:
+                break
+            if waited_s % ERROR_LOG_INTERVAL_S == 0:
+                log.warning(
+                    "waiting %.0f s so far for Kafka at %s to acknowledge %d outputs",
+                    waited_s,
+                    self._settings.bootstrap_servers,
+                    remaining,
+                )
+            remaining = self._producer.flush(FLUSH_STEP_S)
         if remaining or self._delivery_errors:
             failures = "; ".join(self._delivery_errors[:3])
             raise InfrastructureError(
                 f"outputs were not acknowledged ({remaining} pending; {failures}); "
                 "stopping without committing, the batch will be re-delivered"
             )
+
+    def _commit(self, offsets: list[Any]) -> None:
+        """Commits a published batch's offsets; retried while the coordinator is unreachable.
+
+        If the group took the partitions away meanwhile (the session timed out while the broker
+        was down), the commit is refused: the new owner scores the batch again (at-least-once),
+        and this replica goes on with what it is assigned now.
+        """
+        waited_s = 0.0
+        while True:
+            try:
+                self._data.commit(offsets=offsets, asynchronous=False)
+                return
+            except self._kafka.KafkaException as err:
+                error = err.args[0]
+                if not error.retriable() or waited_s >= self._settings.flush_timeout_s:
+                    log.warning(
+                        "the offsets of a published batch were not committed (%s); its records "
+                        "will be scored again (at-least-once)",
+                        error,
+                    )
+                    return
+            time.sleep(FLUSH_STEP_S)
+            waited_s += FLUSH_STEP_S
 
     def _next_offsets(self, messages: Sequence[Any]) -> list[Any]:
         """Per partition, the offset after the batch's last message: what a commit stores."""

@@ -51,6 +51,7 @@ class ServingCore:
         )
         self._events = EventLog()
         self._slots: dict[str, ModelSlot] = {}
+        self._unloaded_at: dict[str, int] = {}  # key -> the sequence number of its unloading
         self._slots_lock = threading.Lock()
         self._sequence = itertools.count()
         self._loader = ModelLoader(
@@ -109,7 +110,11 @@ class ServingCore:
         with self._slots_lock:
             slot = self._slots.get(key)
             if slot is None:
-                slot = self._slots[key] = ModelSlot(key, self._settings.max_rejections_kept)
+                slot = self._slots[key] = ModelSlot(
+                    key,
+                    self._settings.max_rejections_kept,
+                    floor=self._unloaded_at.get(key, -1),
+                )
             return slot
 
     def slots(self) -> list[ModelSlot]:
@@ -121,13 +126,19 @@ class ServingCore:
         with self._slots_lock:
             return self._slots.get(key)
 
-    def unload(self, key: str) -> bool:
-        """Forgets ``key`` and closes its models; its records get ``no_model`` errors after."""
+    def unload(self, key: str, origin: str = "") -> bool:
+        """Forgets ``key`` and closes its models; its records get ``no_model`` errors after.
+
+        Ordered with model messages: a model submitted before the unloading and still loading
+        never comes back; one submitted after it serves the key again.
+        """
         with self._slots_lock:
+            self._unloaded_at[key] = next(self._sequence)
             slot = self._slots.pop(key, None)
         if slot is None:
             return False
         slot.close()
+        self._events.put(ModelEvent(ModelEventKind.UNLOADED, key, "", origin=origin))
         return True
 
     # --- scoring -------------------------------------------------------------------------------

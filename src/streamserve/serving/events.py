@@ -15,6 +15,7 @@ class ModelEventKind(enum.StrEnum):
     SWAPPED = "model_swapped"  # became current at a batch boundary
     REJECTED = "model_rejected"  # did not become current; ``reason`` says why
     SUPERSEDED = "model_superseded"  # loaded after a newer model of its key: dropped
+    UNLOADED = "model_unloaded"  # the key was unloaded (admin action, models-topic tombstone)
 
 
 @dataclass(frozen=True)

@@ -67,8 +67,12 @@ class ObservedSchema:
 
 
 class ModelSlot:
-    def __init__(self, key: str, max_rejections: int = 20, max_history: int = 20) -> None:
+    def __init__(
+        self, key: str, max_rejections: int = 20, max_history: int = 20, *, floor: int = -1
+    ) -> None:
         self.key = key
+        self._floor = floor  # models submitted at or before this sequence never stage here
+        self._closed = False
         self._lock = threading.Lock()
         self._history: deque[ServingInfoSnapshot] = deque(maxlen=max_history)
         self._current: ServedModel | None = None
@@ -81,13 +85,14 @@ class ModelSlot:
 
     # --- loader side -------------------------------------------------------------------------
     def stage(self, served: ServedModel) -> bool:
-        """Stages ``served`` unless a newer model is current or staged; returns whether it was."""
+        """Stages ``served`` unless a newer model is current or staged, or the key was unloaded
+        after ``served`` was submitted; returns whether it was staged."""
         with self._lock:
             newest = max(
                 (m.identity.sequence for m in (self._current, self._staged) if m is not None),
                 default=-1,
             )
-            if served.identity.sequence <= newest:
+            if self._closed or served.identity.sequence <= max(newest, self._floor):
                 return False
             superseded, self._staged = self._staged, served
         if superseded is not None:
@@ -187,7 +192,9 @@ class ModelSlot:
         return self._rejected_total
 
     def close(self) -> None:
+        """Closes the slot's models; nothing stages in it after."""
         with self._lock:
+            self._closed = True
             models = [self._current, self._staged, self._previous]
             self._current = self._staged = self._previous = None
         for served in models:
