@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -77,15 +75,6 @@ def wine_json_lines(rows: np.ndarray, key: str = "wine") -> list[bytes]:
         )
         for row in rows
     ]
-
-
-def tar_directory(directory: Path) -> bytes:
-    """A tar.gz archive of ``directory``'s contents (paths relative to it)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-        for path in sorted(directory.rglob("*")):
-            archive.add(path, arcname=path.relative_to(directory).as_posix(), recursive=False)
-    return buffer.getvalue()
 
 
 def onnx_named_linear(names: list[str], weights: np.ndarray, bias: float) -> bytes:

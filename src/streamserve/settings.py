@@ -20,6 +20,7 @@ from pydantic_settings import (
 
 from streamserve.errors import ConfigurationError
 from streamserve.formats.base import DEFAULT_SKLEARN_TRUSTED_TYPES
+from streamserve.formats.cache import DEFAULT_MAX_BYTES
 
 
 class _Section(BaseModel):
@@ -34,6 +35,13 @@ class ServingSettings(_Section):
     )
     validation_rows: int = Field(8, ge=1, description="recent rows per key kept to probe models")
     max_rejections_kept: int = Field(20, ge=1, description="recent rejections kept per key")
+    artifact_cache_dir: Path | None = Field(
+        None,
+        description="keeps unpacked archives and passed checks by digest across restarts",
+    )
+    artifact_cache_max_bytes: int = Field(
+        DEFAULT_MAX_BYTES, gt=0, description="unpacked archives beyond this are pruned, LRU"
+    )
     sklearn_trusted_types: list[str] = Field(
         default_factory=lambda: list(DEFAULT_SKLEARN_TRUSTED_TYPES),
         description="types a skops file may instantiate beyond skops' own defaults",

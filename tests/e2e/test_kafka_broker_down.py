@@ -137,9 +137,7 @@ def test_a_broker_crash_mid_run_is_waited_out_and_nothing_is_lost(tmp_path: Path
             assert replica.poll() is None, log_path.read_text()[-3000:]
             broker.start()
             publisher.join()
-            inputs = {
-                f"{m.topic()}/{m.partition()}@{m.offset()}" for m in broker.read_all("data")
-            }
+            inputs = {f"{m.topic()}/{m.partition()}@{m.offset()}" for m in broker.read_all("data")}
             _wait_for(lambda: _positions(broker, "results") >= inputs, "every record's result")
             results = [orjson.loads(m.value()) for m in broker.read_all("results")]
         finally:

@@ -199,7 +199,9 @@ def test_a_replica_restarted_after_sigkill_rebuilds_every_model_before_scoring(
         try:
             inputs = {f"{m.topic()}/{m.partition()}@{m.offset()}" for m in broker.read_all("data")}
             deadline = time.monotonic() + 120
-            while {orjson.loads(m.value())["position"] for m in broker.read_all("results")} < inputs:
+            while {
+                orjson.loads(m.value())["position"] for m in broker.read_all("results")
+            } < inputs:
                 assert time.monotonic() < deadline, "the restarted replica did not finish"
                 time.sleep(1)
         finally:

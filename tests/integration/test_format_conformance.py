@@ -16,10 +16,9 @@ from skl2onnx import convert_sklearn
 from skl2onnx.common.data_types import FloatTensorType
 from sklearn.tree import DecisionTreeRegressor
 
-from builders import tar_directory
 from streamserve.descriptor import ModelType, OutputRule
 from streamserve.errors import ModelLoadError
-from streamserve.formats.artifact import InlineArtifact
+from streamserve.formats.artifact import InlineArtifact, pack_directory
 from streamserve.formats.base import FactoryContext, InputSpec, LoadRequest, Model
 from streamserve.formats.registry import FactoryRegistry
 
@@ -56,7 +55,7 @@ CASES = {
     ),
     "tensorflowsaved": FormatCase(
         ModelType.TENSORFLOWSAVED,
-        lambda d, m: tar_directory(d / "saved" / "1"),
+        lambda d, m: pack_directory(d / "saved" / "1"),
         lambda data: data[:200],
     ),
     **{

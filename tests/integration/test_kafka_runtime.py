@@ -187,7 +187,8 @@ def test_a_tombstone_on_the_models_topic_unloads_its_key(
     _, core = serve(broker, count=5)
     assert core.find_slot("wine") is None
     other = core.find_slot("other")
-    assert other is not None and other.staged is not None, "a tombstone unloaded another key"
+    assert other is not None
+    assert other.staged is not None, "a tombstone unloaded another key"
     core.close()
 
     errors = [orjson.loads(m.value()) for m in broker.read_all("errors")]

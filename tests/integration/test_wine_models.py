@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from builders import tar_directory
 from streamserve.codecs.csv import wine_csv_codec
 from streamserve.demo.wine import PMML_FILES, wine_descriptors
 from streamserve.descriptor import ModelDescriptor, ModelType
+from streamserve.formats.artifact import pack_directory
 from streamserve.serving.core import ServingCore
 from streamserve.testing import records_from, serve_records
 
@@ -46,7 +46,7 @@ def saved_model_as_archive(wine_dir: Path) -> ModelDescriptor:
         name="saved-archive",
         data_type="wine",
         model_type=ModelType.TENSORFLOWSAVED,
-        data=tar_directory(wine_dir / "saved" / "1"),
+        data=pack_directory(wine_dir / "saved" / "1"),
     )
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from streamserve.errors import ModelLoadError
+from streamserve.formats.cache import ArtifactCache
 
 MAX_UNPACKED_BYTES = 4 * 1024**3
 
@@ -117,16 +118,19 @@ def _check_size(total: int) -> None:
 
 
 def materialize_directory(
-    artifact: Artifact,
+    artifact: Artifact, cache: ArtifactCache | None = None
 ) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
-    """A directory holding the artifact: the path itself, or an archive unpacked to a temp dir.
+    """A directory holding the artifact: the path itself, or an archive unpacked (into the cache
+    when there is one, else into a temporary directory).
 
-    The caller owns the returned temporary directory (``None`` when nothing was unpacked).
+    The caller owns the returned temporary directory (``None`` when nothing needs cleaning up).
     """
     if isinstance(artifact, PathArtifact):
         if not artifact.path.is_dir():
             raise ModelLoadError(f"location {artifact.path} is not a directory")
         return artifact.path, None
+    if cache is not None:
+        return cache.unpacked(artifact.data, unpack_archive), None
     scratch = tempfile.TemporaryDirectory(prefix="streamserve-model-")
     try:
         unpack_archive(artifact.data, Path(scratch.name))

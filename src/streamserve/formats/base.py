@@ -14,6 +14,7 @@ import numpy.typing as npt
 from streamserve.descriptor import OutputRule
 from streamserve.errors import MissingDependencyError, ModelLoadError
 from streamserve.formats.artifact import Artifact
+from streamserve.formats.cache import ArtifactCache
 
 FloatMatrix = npt.NDArray[np.float64]
 
@@ -98,6 +99,7 @@ class FactoryContext:
 
     threads_per_model: int = 1
     sklearn_trusted_types: tuple[str, ...] = DEFAULT_SKLEARN_TRUSTED_TYPES
+    cache: ArtifactCache | None = None  # what costly derivations of model bytes are kept in
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ positional then. A multi-class model gives class scores (AUTO: the class index).
 LightGBM (4.7) aborts the whole process on some malformed models (``std::terminate`` while
 parsing trees), which no exception handler can catch. So a model's text is first parsed by a
 short-lived child process, and loaded here only if that succeeds: a corrupt model is rejected,
-never a crash. This costs about half a second per load, off the scoring path.
+never a crash. This costs about a second per load, off the scoring path; with an artifact cache,
+a model that passed once (in any process sharing the cache) is not checked again.
 """
 
 from __future__ import annotations
@@ -60,11 +61,16 @@ class LightGBMFactory:
     def load(self, request: LoadRequest) -> Model:
         lightgbm = _lightgbm()
         where = f"LightGBM model {request.name!r}"
+        data = request.artifact.read_bytes()
         try:
-            text = request.artifact.read_bytes().decode("utf-8")
+            text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             raise ModelLoadError(f"{where}: not a LightGBM text model (not UTF-8)") from err
-        _check_in_child_process(text, where)
+        cache = self._context.cache
+        if cache is None or not cache.has_passed(PARSE_CHECK, data):
+            _check_in_child_process(text, where)
+            if cache is not None:
+                cache.record_pass(PARSE_CHECK, data)
         try:
             booster = lightgbm.Booster(model_str=text)
         except Exception as err:
@@ -74,6 +80,7 @@ class LightGBMFactory:
         return LightGBMModel(booster, self._context.threads_per_model, request.output, request.name)
 
 
+PARSE_CHECK = "lightgbm-parse"
 _CHECK = "import sys, lightgbm; lightgbm.Booster(model_str=sys.stdin.read())"
 CHECK_TIMEOUT_S = 300.0
 

@@ -169,7 +169,7 @@ class SavedModelFactory:
         tf = _tensorflow(self._context)
         where = f"TensorFlow SavedModel {request.name!r}"
         try:
-            directory, scratch = materialize_directory(request.artifact)
+            directory, scratch = materialize_directory(request.artifact, self._context.cache)
         except ModelLoadError as err:
             raise ModelLoadError(f"{where}: {err}") from err
         try:

@@ -28,6 +28,7 @@ from streamserve.errors import (
     ScoringError,
 )
 from streamserve.formats.base import FactoryContext, FloatMatrix
+from streamserve.formats.cache import ArtifactCache
 from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.features import map_features, missing_features_error
@@ -47,6 +48,11 @@ class ServingCore:
             FactoryContext(
                 threads_per_model=settings.threads_per_model,
                 sklearn_trusted_types=tuple(settings.sklearn_trusted_types),
+                cache=(
+                    ArtifactCache(settings.artifact_cache_dir, settings.artifact_cache_max_bytes)
+                    if settings.artifact_cache_dir is not None
+                    else None
+                ),
             )
         )
         self._events = EventLog()
