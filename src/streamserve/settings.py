@@ -89,6 +89,11 @@ class KafkaSettings(_Section):
     flush_timeout_s: float = Field(
         300.0, gt=0, description="wait this long for output acks and commits (broker away)"
     )
+    max_batches_in_flight: int = Field(
+        4,
+        ge=0,
+        description="batches produced but not yet acknowledged while the next ones are scored",
+    )
     exactly_once: bool = Field(
         False, description="outputs and offsets in one transaction per batch (needs broker support)"
     )

@@ -1,9 +1,11 @@
 """The Kafka runtime: data topics in a consumer group, the models topic broadcast to every replica.
 
-Per micro-batch: consume -> decode -> score -> produce results and errors -> wait for every
-output's acknowledgement -> commit the batch's offsets. A crash anywhere before the commit
-re-delivers the batch (at-least-once); nothing is committed that was not published. Rebalances
-happen inside ``consume``, between batches, when the previous batch is already committed.
+Per micro-batch: consume -> decode -> score -> produce results and errors. A batch's offsets are
+committed once its outputs and those of every batch before it are acknowledged; meanwhile up to
+``max_batches_in_flight`` batches are scored, so the broker's round trips overlap with scoring.
+A crash re-delivers what was not committed (at-least-once); nothing is committed that was not
+published. Before partitions are revoked (inside ``consume``, between batches) and before the
+run ends, every batch in flight is acknowledged and committed.
 
 The models topic (compacted, keyed by data type) is read with ``assign`` from the beginning by
 every replica, so any replica can serve any key: at startup up to its end (the latest model of
@@ -23,6 +25,7 @@ from typing import Any
 from streamserve.codecs.base import Codec, InputRecord
 from streamserve.errors import InfrastructureError
 from streamserve.runtime.encoding import Encoded, drain_model_events, encode_outcome
+from streamserve.runtime.inflight import DeliveryError, InFlightBatches, PendingBatch
 from streamserve.runtime.local import RunSummary
 from streamserve.serving.core import ServingCore
 from streamserve.serving.events import ModelEvent
@@ -35,6 +38,7 @@ MAX_BACKOFF_S = 10.0
 ERROR_LOG_INTERVAL_S = 5.0
 LAG_INTERVAL_S = 2.0
 FLUSH_STEP_S = 1.0
+IDLE_WAIT_S = 0.1  # with no records: how long one wait lasts before models are checked
 
 
 class ClientLog:
@@ -108,6 +112,7 @@ class KafkaRuntime:
                 "group.id": settings.group_id,
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
+                "on_commit": self._on_commit,
                 **settings.consumer,
             }
         )
@@ -134,7 +139,7 @@ class KafkaRuntime:
                     **settings.producer,
                 }
             )
-        self._delivery_errors: list[str] = []
+        self._in_flight = InFlightBatches()
         self.ready = threading.Event()  # models caught up and data partitions assigned
         self._caught_up = False
         self._assigned: list[Any] = []
@@ -267,6 +272,7 @@ class KafkaRuntime:
                     self._process(messages, summary)
                 summary.model_events += self._publish_events()
                 self._measure_lag()
+            self._settle(0, synchronous=True)  # every batch acknowledged and committed
         finally:
             self._data.close()  # leaves the group: partitions move to other replicas now
             self._models.close()
@@ -275,12 +281,14 @@ class KafkaRuntime:
         return summary
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        # Called inside consume(), between batches: the previous batch is committed already.
+        # Called inside consume(), between batches.
         self._assigned = list(partitions)
         if self._caught_up and self._assigned:
             self.ready.set()
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        # Before the partitions move: every batch in flight acknowledged and committed.
+        self._settle(0, synchronous=True)
         self._assigned = []
         self.ready.clear()
 
@@ -299,7 +307,14 @@ class KafkaRuntime:
         self.consumer_lag = lag
 
     def _consume(self, limit: int) -> list[Any]:
-        messages = self._data.consume(limit, max(self._batch.max_delay_ms / 1000, 0.05))
+        """A micro-batch: what is queued already, else the first record to arrive (waiting up
+        to ``IDLE_WAIT_S``), then more until ``limit`` or ``max_delay_ms`` after the first."""
+        consumer = self._data
+        messages = consumer.consume(limit, 0)
+        if not messages:
+            messages = consumer.consume(1, IDLE_WAIT_S)
+        if messages and len(messages) < limit and self._batch.max_delay_ms > 0:
+            messages += consumer.consume(limit - len(messages), self._batch.max_delay_ms / 1000)
         records = []
         for message in messages:
             error = message.error()
@@ -320,21 +335,29 @@ class KafkaRuntime:
         if self._transactions is not None:
             self._commit_transactionally(results, errors, messages)
         else:
-            self._produce(self._settings.results_topic, results)
-            self._produce(self._settings.errors_topic, errors)
-            self._flush()
-            self._commit(self._next_offsets(messages))
+            batch = PendingBatch(self._next_offsets(messages), len(results) + len(errors))
+            self._in_flight.add(batch)
+            self._produce(self._settings.results_topic, results, on_delivery=batch.delivered)
+            self._produce(self._settings.errors_topic, errors, on_delivery=batch.delivered)
+            self._settle(self._settings.max_batches_in_flight)
         summary.records += len(records)
         summary.results += len(results)
         summary.errors += len(errors)
         summary.batches += 1
 
-    def _produce(self, topic: str, messages: Sequence[Encoded], producer: Any = None) -> None:
+    def _produce(
+        self,
+        topic: str,
+        messages: Sequence[Encoded],
+        producer: Any = None,
+        on_delivery: Callable[[Any, Any], None] | None = None,
+    ) -> None:
         producer = producer or self._producer
+        on_delivery = on_delivery or self._on_delivery
         for key, value in messages:
             while True:
                 try:
-                    producer.produce(topic, value=value, key=key, on_delivery=self._on_delivery)
+                    producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
                     break
                 except BufferError:
                     producer.poll(0.05)  # the local queue is full: let it drain
@@ -362,7 +385,9 @@ class KafkaRuntime:
             self._produce(self._settings.results_topic, results, transactions)
             self._produce(self._settings.errors_topic, errors, transactions)
             transactions.send_offsets_to_transaction(
-                self._next_offsets(messages), self._data.consumer_group_metadata(), timeout_s
+                self._topic_partitions(self._next_offsets(messages)),
+                self._data.consumer_group_metadata(),
+                timeout_s,
             )
             transactions.commit_transaction(timeout_s)
         except self._kafka.KafkaException as err:
@@ -375,39 +400,62 @@ class KafkaRuntime:
             ) from err
 
     def _on_delivery(self, error: Any, message: Any) -> None:
+        """Deliveries outside batches: model events (transactional outputs fail their commit)."""
         if error is not None:
-            self._delivery_errors.append(f"{message.topic()}: {error}")
+            log.warning("a model event was not delivered to %s: %s", message.topic(), error)
 
-    def _flush(self) -> None:
-        """Waits until every output is acknowledged, saying so while the broker is away.
+    def _settle(self, max_in_flight: int, *, synchronous: bool = False) -> None:
+        """Commits the acknowledged batches, in order, then waits while more than
+        ``max_in_flight`` batches are unacknowledged, saying so if the broker is away.
 
-        librdkafka retries delivery by itself (for ``message.timeout.ms``); a delivery error or
-        ``flush_timeout_s`` without acknowledgement ends the run before the commit, so the batch
+        librdkafka retries delivery by itself (for ``message.timeout.ms``); a delivery error, or
+        ``flush_timeout_s`` without progress, ends the run before the batch is committed, so it
         is re-delivered to whichever replica owns its partitions next.
         """
+        producer = self._producer
+        producer.poll(0)
+        self._commit_acknowledged(synchronous)
         waited_s = 0.0
-        remaining = self._producer.flush(FLUSH_STEP_S)
-        while remaining and not self._delivery_errors:
-            waited_s += FLUSH_STEP_S
+        while len(self._in_flight) > max_in_flight:
             if waited_s >= self._settings.flush_timeout_s:
-                break
-            if waited_s % ERROR_LOG_INTERVAL_S == 0:
-                log.warning(
-                    "waiting %.0f s so far for Kafka at %s to acknowledge %d outputs",
-                    waited_s,
-                    self._settings.bootstrap_servers,
-                    remaining,
+                raise InfrastructureError(
+                    f"outputs were not acknowledged within {self._settings.flush_timeout_s:.0f} s "
+                    f"({self._in_flight.outputs_pending} pending); stopping without committing, "
+                    "the batches will be re-delivered"
                 )
-            remaining = self._producer.flush(FLUSH_STEP_S)
-        if remaining or self._delivery_errors:
-            failures = "; ".join(self._delivery_errors[:3])
+            producer.flush(FLUSH_STEP_S)
+            self._commit_acknowledged(synchronous)
+            if self._in_flight.outputs_pending:
+                waited_s += FLUSH_STEP_S
+                if waited_s % ERROR_LOG_INTERVAL_S == 0:
+                    log.warning(
+                        "waiting %.0f s so far for Kafka at %s to acknowledge %d outputs",
+                        waited_s,
+                        self._settings.bootstrap_servers,
+                        self._in_flight.outputs_pending,
+                    )
+
+    def _commit_acknowledged(self, synchronous: bool) -> None:
+        try:
+            offsets = self._in_flight.take_acknowledged()
+        except DeliveryError as err:
             raise InfrastructureError(
-                f"outputs were not acknowledged ({remaining} pending; {failures}); "
-                "stopping without committing, the batch will be re-delivered"
-            )
+                f"outputs were not delivered ({err}); stopping without committing, "
+                "the batch will be re-delivered"
+            ) from err
+        if not offsets:
+            return
+        places = self._topic_partitions(offsets)
+        if synchronous:
+            self._commit(places)
+            return
+        try:
+            self._data.commit(offsets=places, asynchronous=True)
+        except self._kafka.KafkaException as err:
+            log.warning("could not send a commit (%s); a later commit covers it", err.args[0])
 
     def _commit(self, offsets: list[Any]) -> None:
-        """Commits a published batch's offsets; retried while the coordinator is unreachable.
+        """Commits synchronously; retried while the coordinator is unreachable.
 
         If the group took the partitions away meanwhile (the session timed out while the broker
         was down), the commit is refused: the new owner scores the batch again (at-least-once),
@@ -422,21 +470,31 @@ class KafkaRuntime:
                 error = err.args[0]
                 if not error.retriable() or waited_s >= self._settings.flush_timeout_s:
                     log.warning(
-                        "the offsets of a published batch were not committed (%s); its records "
-                        "will be scored again (at-least-once)",
+                        "the offsets of published batches were not committed (%s); their "
+                        "records will be scored again (at-least-once)",
                         error,
                     )
                     return
             time.sleep(FLUSH_STEP_S)
             waited_s += FLUSH_STEP_S
 
-    def _next_offsets(self, messages: Sequence[Any]) -> list[Any]:
-        """Per partition, the offset after the batch's last message: what a commit stores."""
-        next_offsets: dict[tuple[str, int], int] = {}
-        for message in messages:
-            place = (message.topic(), message.partition())
-            next_offsets[place] = max(next_offsets.get(place, 0), message.offset() + 1)
-        return [self._kafka.TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+    def _on_commit(self, error: Any, partitions: list[Any]) -> None:
+        """Asynchronous commits' results: a failed one is covered by the next (or re-delivered)."""
+        if error is not None:
+            log.warning(
+                "a commit failed (%s); its records are re-delivered if no later commit covers them",
+                error,
+            )
+
+    def _next_offsets(self, messages: Sequence[Any]) -> dict[tuple[str, int], int]:
+        """Per partition, the offset after the batch's last message: what a commit stores.
+
+        A partition's messages arrive in offset order, so its last one is its highest.
+        """
+        return {(m.topic(), m.partition()): m.offset() + 1 for m in messages}
+
+    def _topic_partitions(self, offsets: dict[tuple[str, int], int]) -> list[Any]:
+        return [self._kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
 
     def _publish_events(self) -> int:
         rejected, count = drain_model_events(self._core, self._on_event)

@@ -1,0 +1,1 @@
+"""streamserve's benchmarks: ``python -m benchmarks`` (see README, "Benchmarks")."""

@@ -1,0 +1,108 @@
+"""``python -m benchmarks``: every scenario side by side with its baseline from the same run.
+
+Prints a markdown table and writes JSON (``--json``). ``--smoke`` runs tiny sizes: CI uses it to
+check that every scenario runs and counts correctly; its timings mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks.common import FULL, SMOKE, Row, Sizes, WineData, wine_data
+
+SCENARIOS = ("embedded", "kafka", "swap", "many")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: counts, not speed")
+    parser.add_argument("--only", choices=SCENARIOS, action="append", help="run these only")
+    parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sizes = SMOKE if args.smoke else FULL
+    chosen = args.only or list(SCENARIOS)
+    rows: list[Row] = []
+    started = time.monotonic()
+    with wine_data() as wine:
+        from benchmarks.models import wine_mlp_onnx
+
+        mlp_onnx = wine_mlp_onnx(wine.directory / "optimized_WineQuality.pb")
+        for scenario in chosen:
+            print(f"running {scenario} ...", file=sys.stderr, flush=True)
+            rows += _runner(scenario)(wine, mlp_onnx, sizes)
+    report = {
+        "smoke": args.smoke,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "seconds": round(time.monotonic() - started, 1),
+        "rows": [row.as_json() for row in rows],
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2, default=str))
+    print(markdown_table(rows))
+    print(f"\nJSON: {args.json}")
+    return 0
+
+
+def _runner(scenario: str) -> Callable[[WineData, bytes, Sizes], list[Row]]:
+    if scenario == "embedded":
+        from benchmarks import embedded
+
+        return embedded.run
+    if scenario == "kafka":
+        from benchmarks import kafka
+
+        return kafka.run
+    if scenario == "swap":
+        from benchmarks import swap
+
+        return swap.run
+    from benchmarks import many_models
+
+    return many_models.run
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = [
+        "| scenario | metric | value | baseline (same run) | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        baseline = (
+            f"{row.baseline}: {_number(row.baseline_value)}"
+            if row.baseline_value is not None
+            else ""
+        )
+        ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
+        met = "" if row.met is None else ("yes" if row.met else "**no**")
+        extra = row.details.get("p99_ms")
+        value = f"{_number(row.value)} {row.unit}"
+        if extra is not None:
+            value = f"{_number(row.value)} / {_number(float(extra))} {row.unit}"  # type: ignore[arg-type]
+        lines.append(
+            f"| {row.scenario} | {row.metric} | {value} | {baseline} | {ratio} | {row.target} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.2f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,341 @@
+"""Scenarios 2 and 3: the Kafka runtime end to end against the local broker, beside a bare
+consumer that only reads the same topic (the broker's limit) and the per-record consumer loop a
+user would write (consume one, decode, score one row, produce). WineRecord protobuf records, as
+the original publisher sent them; the seed's TF frozen graph and the same MLP as ONNX.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, Producer
+
+from benchmarks.broker import TEST_CONSUMER_SETTINGS, Broker, running_broker
+from benchmarks.common import Row, Sizes, WineData, percentiles, rate
+from streamserve.codecs.protobuf import WINE_FEATURES, WineRecordCodec, encode_wine_record
+from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
+from streamserve.descriptor._generated import winerecord_pb2
+from streamserve.formats.artifact import InlineArtifact
+from streamserve.formats.base import FactoryContext, LoadRequest, Model
+from streamserve.formats.registry import FactoryRegistry
+from streamserve.runtime.kafka import KafkaRuntime
+from streamserve.runtime.streams import write_length_delimited
+from streamserve.serving.core import ServingCore
+from streamserve.settings import BatchSettings, KafkaSettings, ServingSettings
+
+PARTITIONS = 4
+SCENARIO_E2E = "2 Kafka end to end"
+SCENARIO_BASELINE = "3 per-record consumer loop"
+
+
+def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
+    frozen = (wine.directory / "optimized_WineQuality.pb").read_bytes()
+    models = {
+        "tf-frozen-graph": (ModelType.TENSORFLOW, frozen),
+        "onnx-mlp": (ModelType.ONNX, mlp_onnx),
+    }
+    rows: list[Row] = []
+    with running_broker() as broker:
+        broker.create_topics("data", partitions=PARTITIONS)
+        payloads = [encode_wine_record(row) for row in wine.cycled(sizes.kafka_records)]
+        _produce_fast(broker, "data", payloads)
+        bare = bare_consumer_rate(broker, "data", len(payloads))
+        piped = consume_produce_rate(broker, "data", len(payloads))
+        rates: dict[str, float] = {}
+        for name, (model_type, data) in models.items():
+            rates[name] = streamserve_rate(broker, name, model_type, data, len(payloads))
+        baselines = {
+            name: per_record_rate(broker, name, model_type, data, sizes.baseline_records)
+            for name, (model_type, data) in models.items()
+        }
+        tf_rate, onnx_rate = rates["tf-frozen-graph"], rates["onnx-mlp"]
+        rows += [
+            Row(
+                SCENARIO_E2E,
+                "TF frozen graph: records/s, one process",
+                tf_rate,
+                "rec/s",
+                "per-record loop, same model",
+                baselines["tf-frozen-graph"],
+                "≥ 100k rec/s and ≥ 10× the loop",
+                tf_rate >= 100_000 and tf_rate >= 10 * baselines["tf-frozen-graph"],
+                {"records": len(payloads)},
+            ),
+            Row(
+                SCENARIO_E2E,
+                "ONNX MLP: records/s, one process",
+                onnx_rate,
+                "rec/s",
+                "bare consumer reading the topic",
+                bare,
+                "≥ 0.7× the bare consumer",
+                onnx_rate >= 0.7 * bare,
+                {"records": len(payloads)},
+            ),
+            Row(
+                SCENARIO_E2E,
+                "ONNX MLP: records/s, one process",
+                onnx_rate,
+                "rec/s",
+                "consume → produce, no work (one output per record)",
+                piped,
+                details={"records": len(payloads)},
+            ),
+            Row(
+                SCENARIO_BASELINE,
+                "ONNX MLP: records/s",
+                baselines["onnx-mlp"],
+                "rec/s",
+                "streamserve, same model",
+                onnx_rate,
+                details={"records": sizes.baseline_records},
+            ),
+        ]
+        half = tf_rate / 2
+        p50, p99, count = latency_at_rate(broker, frozen, half, sizes)
+        rows.append(
+            Row(
+                SCENARIO_E2E,
+                f"TF frozen graph: latency p50 / p99 at {half:,.0f} rec/s (half max)",
+                p50,
+                "ms",
+                target="p99 ≤ 20 ms",
+                met=p99 <= 20,
+                details={"p99_ms": p99, "records": count},
+            )
+        )
+    return rows
+
+
+def _produce_fast(broker: Broker, topic: str, payloads: list[bytes]) -> None:
+    producer = Producer(
+        {"bootstrap.servers": broker.bootstrap, "linger.ms": 20, "batch.num.messages": 10000}
+    )
+    for payload in payloads:
+        while True:
+            try:
+                producer.produce(topic, payload)
+                break
+            except BufferError:
+                producer.poll(0.01)
+    if producer.flush(120):
+        raise RuntimeError("the benchmark records were not all acknowledged")
+
+
+def _consumer(broker: Broker, group: str, **extra: Any) -> Any:
+    return Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            **TEST_CONSUMER_SETTINGS,
+            **extra,
+        }
+    )
+
+
+def bare_consumer_rate(broker: Broker, topic: str, count: int) -> float:
+    """A consumer that only reads: the broker's and client's limit on this machine."""
+    consumer = _consumer(broker, "bench-bare", **{"enable.auto.commit": False})
+    consumer.subscribe([topic])
+    seen, started = 0, 0.0
+    deadline = time.monotonic() + 300
+    while seen < count and time.monotonic() < deadline:
+        for message in consumer.consume(1000, 1.0):
+            if message.error() is None:
+                if seen == 0:
+                    started = time.perf_counter()
+                seen += 1
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    if seen < count:
+        raise RuntimeError(f"the bare consumer read {seen} of {count} records")
+    return rate(seen, elapsed)
+
+
+def consume_produce_rate(broker: Broker, topic: str, count: int) -> float:
+    """Consume a batch, produce each record's bytes to an output topic, commit asynchronously:
+    what any pipeline publishing one output per record costs the client and the broker."""
+    broker.create_topics("piped")
+    consumer = _consumer(broker, "bench-piped", **{"enable.auto.commit": False})
+    consumer.subscribe([topic])
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 2})
+    seen, started = 0, 0.0
+    deadline = time.monotonic() + 300
+    while seen < count and time.monotonic() < deadline:
+        messages = consumer.consume(1024, 1.0)
+        if not messages:
+            continue
+        if seen == 0:
+            started = time.perf_counter()
+        for message in messages:
+            producer.produce("piped", message.value())
+        producer.poll(0)
+        consumer.commit(asynchronous=True)
+        seen += len(messages)
+    producer.flush(60)
+    elapsed = time.perf_counter() - started
+    consumer.close()
+    if seen < count:
+        raise RuntimeError(f"the consume-produce loop read {seen} of {count} records")
+    return rate(seen, elapsed)
+
+
+def _kafka_settings(broker: Broker, name: str, topics: list[str]) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=broker.bootstrap,
+        group_id=f"bench-{name}",
+        data_topics=topics,
+        models_topic=f"models-{name}",
+        results_topic=f"results-{name}",
+        errors_topic=f"errors-{name}",
+        consumer=TEST_CONSUMER_SETTINGS,
+    )
+
+
+def _start_runtime(
+    broker: Broker, name: str, model_type: int, data: bytes, topics: list[str], count: int | None
+) -> tuple[KafkaRuntime, ServingCore, threading.Thread, dict[str, Any]]:
+    settings = _kafka_settings(broker, name, topics)
+    broker.create_topics(settings.models_topic, settings.results_topic, settings.errors_topic)
+    descriptor = ModelDescriptor(name=name, data_type="wine", model_type=model_type, data=data)
+    broker.produce(settings.models_topic, [(b"wine", encode_descriptor(descriptor))])
+    core = ServingCore(ServingSettings())
+    runtime = KafkaRuntime(core, WineRecordCodec(), settings, BatchSettings())
+    outcome: dict[str, Any] = {}
+
+    def serve() -> None:
+        outcome["summary"] = runtime.run(count=count)
+        outcome["finished"] = time.perf_counter()
+
+    thread = threading.Thread(target=serve, name=f"streamserve-{name}")
+    thread.start()
+    if not runtime.ready.wait(120):
+        raise RuntimeError(f"the {name} runtime never became ready")
+    return runtime, core, thread, outcome
+
+
+def streamserve_rate(broker: Broker, name: str, model_type: int, data: bytes, count: int) -> float:
+    runtime, core, thread, outcome = _start_runtime(broker, name, model_type, data, ["data"], count)
+    started = time.perf_counter()
+    thread.join()
+    core.close()
+    summary = outcome["summary"]
+    if summary.results != count or summary.errors:
+        raise RuntimeError(f"{name}: {summary.results} results, {summary.errors} errors of {count}")
+    return rate(count, outcome["finished"] - started)
+
+
+def per_record_rate(broker: Broker, name: str, model_type: int, data: bytes, count: int) -> float:
+    """The loop a user writes: poll one message, decode it, score one row, produce the result."""
+    model = _load_model(name, model_type, data)
+    consumer = _consumer(broker, f"bench-loop-{name}")
+    consumer.subscribe(["data"])
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    record = winerecord_pb2.WineRecord()
+    seen, started = 0, 0.0
+    deadline = time.monotonic() + 300
+    while seen < count and time.monotonic() < deadline:
+        message = consumer.poll(1.0)
+        if message is None or message.error() is not None:
+            continue
+        if seen == 0:
+            started = time.perf_counter()
+        record.ParseFromString(message.value())
+        features = np.array([[getattr(record, field) for field in WINE_FEATURES]])
+        value = model.score_batch(features)[0]
+        producer.produce(
+            f"loop-results-{name}", orjson.dumps({"model": name, "value": value.item()})
+        )
+        producer.poll(0)
+        seen += 1
+    elapsed = time.perf_counter() - started
+    producer.flush(60)
+    consumer.close()
+    model.close()
+    if seen < count:
+        raise RuntimeError(f"the per-record loop read {seen} of {count} records")
+    return rate(seen, elapsed)
+
+
+def _load_model(name: str, model_type: int, data: bytes) -> Model:
+    registry = FactoryRegistry(FactoryContext())
+    return registry.factory_for(model_type).load(
+        LoadRequest(
+            name=name,
+            artifact=InlineArtifact(data),
+            options={},
+            output=ModelDescriptor(
+                name=name, data_type="wine", model_type=model_type, data=data
+            ).output,
+            context=registry.context,
+        )
+    )
+
+
+def latency_at_rate(
+    broker: Broker, frozen: bytes, records_per_s: float, sizes: Sizes
+) -> tuple[float, float, int]:
+    """Records published at ``records_per_s`` by ``streamserve publish-data`` (another
+    process); latency = the result's produce time - the record's produce time."""
+    topic = "data-latency"
+    broker.create_topics(topic, partitions=PARTITIONS)
+    count = max(int(records_per_s * sizes.latency_seconds), 100)
+    runtime, core, thread, _ = _start_runtime(
+        broker, "latency", ModelType.TENSORFLOW, frozen, [topic], None
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        records = Path(scratch) / "records.bin"
+        with records.open("wb") as stream:
+            write_length_delimited(
+                (encode_wine_record(np.zeros(11) + i % 7) for i in range(count)), stream
+            )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "streamserve",
+                "publish-data",
+                str(records),
+                "--length-delimited",
+                "--rate",
+                str(records_per_s),
+                "--bootstrap-servers",
+                broker.bootstrap,
+                "--topic",
+                topic,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    _wait_for(lambda: core.counts.get("records", 0) >= count, "every latency record scored")
+    runtime.stop()
+    thread.join()
+    core.close()
+    sent_at = {
+        f"{m.topic()}/{m.partition()}@{m.offset()}": m.timestamp()[1]
+        for m in broker.read_all(topic)
+    }
+    latencies = [
+        message.timestamp()[1] - sent_at[orjson.loads(message.value())["position"]]
+        for message in broker.read_all("results-latency")
+    ]
+    p50, p99 = percentiles(latencies)
+    return p50, p99, len(latencies)
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
