@@ -33,6 +33,12 @@ class ServingSettings(_Section):
     model_roots: list[Path] = Field(
         default_factory=list, description="directories a descriptor's location may point into"
     )
+    max_live_models: int | None = Field(
+        None,
+        ge=1,
+        description="model instances kept in memory; the least recently used idle ones beyond "
+        "this are evicted and made again on their next use (None: no limit)",
+    )
     validation_rows: int = Field(8, ge=1, description="recent rows per key kept to probe models")
     max_rejections_kept: int = Field(20, ge=1, description="recent rejections kept per key")
     artifact_cache_dir: Path | None = Field(

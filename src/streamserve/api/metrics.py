@@ -91,6 +91,17 @@ class ServingCollector(Collector):
         yield GaugeMetricFamily(
             "streamserve_model_loads_pending", "Models loading now", value=self._core.loads_pending
         )
+        live = self._core.live_models
+        yield GaugeMetricFamily(
+            "streamserve_live_models",
+            "Model instances in memory (with a live-model budget; else not tracked: 0)",
+            value=live.live,
+        )
+        yield CounterMetricFamily(
+            "streamserve_model_evictions",
+            "Idle model instances evicted by the live-model budget",
+            value=live.evictions,
+        )
         sizes = HistogramMetricFamily("streamserve_batch_size", "Records per micro-batch")
         bounds = [str(b) for b in BATCH_SIZE_BUCKETS[:-1]] + ["+Inf"]
         cumulative = accumulate(counts.get(f"batch_size_le.{b}", 0) for b in BATCH_SIZE_BUCKETS)

@@ -17,8 +17,10 @@ def served_document(served: ServedModel | None) -> dict[str, Any] | None:
         **asdict(stats),
         "average_duration_s": stats.average_duration_s,
         "load_duration_s": served.load_duration_s,
-        "input_names": list(served.model.inputs.names or []),
-        "input_width": served.model.inputs.width,
+        "input_names": list(served.inputs.names or []),
+        "input_width": served.inputs.width,
+        "live": served.live,
+        "reloads": served.reloads,
     }
 
 

@@ -53,7 +53,7 @@ def current_model(core: ServingCore, name: str) -> ServedModel:
 
 def model_metadata(core: ServingCore, name: str) -> dict[str, Any]:
     served = current_model(core, name)
-    spec = served.model.inputs
+    spec = served.inputs
     if spec.names is None:
         inputs = [{"name": "input", "datatype": "FP64", "shape": [-1, spec.width]}]
     else:
@@ -76,7 +76,7 @@ def model_metadata(core: ServingCore, name: str) -> dict[str, Any]:
 
 def infer(core: ServingCore, name: str, request: Any) -> dict[str, Any]:
     served = current_model(core, name)
-    names, values = _features(request, served.model.inputs)
+    names, values = _features(request, served.inputs)
     records = [InputRecord(b"", position=f"v2:{row}") for row in range(len(values))]
     batch = DecodedBatch(records, [name] * len(records), names, values)
     outcome = core.score(batch)

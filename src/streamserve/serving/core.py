@@ -27,9 +27,10 @@ from streamserve.errors import (
     RejectedInput,
     ScoringError,
 )
-from streamserve.formats.base import FactoryContext, FloatMatrix
+from streamserve.formats.base import FactoryContext, FloatMatrix, Model
 from streamserve.formats.cache import ArtifactCache
 from streamserve.formats.registry import FactoryRegistry
+from streamserve.serving.budget import LiveModels
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.features import map_features, missing_features_error
 from streamserve.serving.loader import LoadJob, ModelLoader
@@ -60,12 +61,14 @@ class ServingCore:
         self._unloaded_at: dict[str, int] = {}  # key -> the sequence number of its unloading
         self._slots_lock = threading.Lock()
         self._sequence = itertools.count()
+        self.live_models = LiveModels(settings.max_live_models)
         self._loader = ModelLoader(
             self._registry,
             self._events,
             self.slot,
             model_roots=[Path(root) for root in settings.model_roots],
             threads=settings.loader_threads,
+            live=self.live_models,
         )
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
@@ -201,8 +204,8 @@ class ServingCore:
                 )
             )
         try:
-            mapping = map_features(names, served.model.inputs)
-            if served.model.inputs.names is None and key in batch.unordered_keys:
+            mapping = map_features(names, served.inputs)
+            if served.inputs.names is None and key in batch.unordered_keys:
                 raise MissingFeaturesError(
                     f"model {served.identity.name!r} takes positional features, but the "
                     f"{key!r} records carry named fields in differing orders; send a "
@@ -217,7 +220,7 @@ class ServingCore:
         features = values[:, mapping.columns]
         incomplete = np.isnan(features).any(axis=1)
         if incomplete.any():
-            model_names = served.model.inputs.names or tuple(names[i] for i in mapping.columns)
+            model_names = served.inputs.names or tuple(names[i] for i in mapping.columns)
             self._fail_incomplete(
                 outcome, rows[incomplete], features[incomplete], model_names, key, served
             )
@@ -235,9 +238,17 @@ class ServingCore:
     ) -> None:
         started = time.perf_counter()
         try:
-            scored = _checked_output(served.model.score_batch(features), len(rows))
-        except Exception:  # noqa: BLE001 - isolate the failing records, one by one
-            rows, scored = self._score_one_by_one(rows, features, key, served, outcome)
+            with served.instance() as model:
+                try:
+                    scored = _checked_output(model.score_batch(features), len(rows))
+                except Exception:  # noqa: BLE001 - isolate the failing records, one by one
+                    rows, scored = self._score_one_by_one(
+                        rows, features, key, served, model, outcome
+                    )
+        except ScoringError as err:  # the evicted instance could not be made again
+            self._fail(outcome, rows, err, key, served)
+            return
+        self.live_models.touch(served)
         elapsed = time.perf_counter() - started
         if len(rows):
             served.stats.record_batch(len(rows), elapsed)
@@ -251,15 +262,14 @@ class ServingCore:
         features: FloatMatrix,
         key: str,
         served: ServedModel,
+        model: Model,
         outcome: BatchOutcome,
     ) -> tuple[npt.NDArray[np.intp], np.ndarray]:
         kept: list[int] = []
         values: list[np.ndarray] = []
         for position, row in enumerate(rows.tolist()):
             try:
-                value = _checked_output(
-                    served.model.score_batch(features[position : position + 1]), 1
-                )
+                value = _checked_output(model.score_batch(features[position : position + 1]), 1)
             except Exception as err:  # noqa: BLE001 - any model failure is this record's error
                 reason = f"model {served.identity.name!r} failed to score the record: {err}"
                 self._fail(outcome, np.array([row]), ScoringError(reason), key, served)

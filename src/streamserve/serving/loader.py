@@ -29,6 +29,7 @@ from streamserve.formats.artifact import (
 )
 from streamserve.formats.base import InputSpec, LoadRequest, Model
 from streamserve.formats.registry import FactoryRegistry
+from streamserve.serving.budget import LiveModels
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.features import map_features
 from streamserve.serving.slot import (
@@ -60,8 +61,10 @@ class ModelLoader:
         *,
         model_roots: Sequence[Path] = (),
         threads: int = 1,
+        live: LiveModels | None = None,
     ) -> None:
         self._registry = registry
+        self._live = live or LiveModels()
         self._events = events
         self._slot_for = slot_for
         self._model_roots = tuple(model_roots)
@@ -122,9 +125,13 @@ class ModelLoader:
             load_duration_s=time.perf_counter() - started,
             submitted_at=job.submitted_at,
             output_kind=output_kind,
+            reload=self._reloader(descriptor),
+            on_release=self._live.forget,
         )
         staged = slot.stage(served)
-        if not staged:
+        if staged:
+            self._live.touch(served)
+        else:
             served.close()
         self._events.put(
             ModelEvent(
@@ -136,6 +143,15 @@ class ModelLoader:
                 origin=job.origin,
             )
         )
+
+    def _reloader(self, descriptor: ModelDescriptor) -> Callable[[], Model]:
+        """Makes the model again from the same bytes (a location is re-read and its digest
+        checked: a changed file fails rather than serving another model under this name)."""
+
+        def reload() -> Model:
+            return self._load(descriptor, self._artifact(descriptor))
+
+        return reload
 
     def _load(self, descriptor: ModelDescriptor, artifact: Artifact) -> Model:
         factory = self._registry.factory_for(descriptor.model_type)

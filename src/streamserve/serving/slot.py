@@ -13,11 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamserve.formats.base import FloatMatrix, Model
+from streamserve.errors import ScoringError
+from streamserve.formats.base import FloatMatrix, InputSpec, Model
 from streamserve.serving.stats import ModelServingInfo, ServingInfoSnapshot
 
 
@@ -32,18 +35,91 @@ class ModelIdentity:
     sequence: int
 
 
-@dataclass
 class ServedModel:
-    identity: ModelIdentity
-    model: Model
-    stats: ModelServingInfo
-    load_duration_s: float
-    submitted_at: float = field(default_factory=time.monotonic)
-    swap_delay_s: float | None = None  # from submission to serving its first batch
-    output_kind: str = "O"  # numpy dtype kind of its output, seen when it was validated
+    """A model of a key with its identity and statistics; its instance may come and go.
+
+    With a live-model budget, an idle instance is evicted (closed) and made again from the
+    model's bytes by ``reload`` on its next use; without one, the instance lives until the model
+    is retired. Scoring holds the instance through :meth:`instance`, so it is never evicted while
+    in use.
+    """
+
+    def __init__(
+        self,
+        identity: ModelIdentity,
+        model: Model,
+        stats: ModelServingInfo,
+        load_duration_s: float,
+        *,
+        submitted_at: float | None = None,
+        output_kind: str = "O",
+        reload: Callable[[], Model] | None = None,
+        on_release: Callable[[ServedModel], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.inputs: InputSpec = model.inputs
+        self.stats = stats
+        self.load_duration_s = load_duration_s
+        self.submitted_at = time.monotonic() if submitted_at is None else submitted_at
+        self.swap_delay_s: float | None = None  # from submission to serving its first batch
+        self.output_kind = output_kind  # numpy dtype kind of its output, seen in validation
+        self.reloads = 0
+        self._model: Model | None = model
+        self._reload = reload
+        self._on_release = on_release
+        self._lock = threading.Lock()
+        self._users = 0
+        self._closed = False
+
+    @property
+    def live(self) -> bool:
+        """Whether the instance is in memory now."""
+        return self._model is not None
+
+    @contextmanager
+    def instance(self) -> Iterator[Model]:
+        """The live instance, made again first if it was evicted; held while the block runs."""
+        with self._lock:
+            if self._model is None:
+                self._model = self._instantiate_again()
+            self._users += 1
+            model = self._model
+        try:
+            yield model
+        finally:
+            with self._lock:
+                self._users -= 1
+
+    def _instantiate_again(self) -> Model:
+        if self._closed or self._reload is None:
+            raise ScoringError(f"model {self.identity.name!r} was retired")
+        try:
+            model = self._reload()
+        except Exception as err:
+            raise ScoringError(
+                f"model {self.identity.name!r} could not be instantiated again after its "
+                f"eviction: {err}"
+            ) from err
+        self.reloads += 1
+        return model
+
+    def evict(self) -> bool:
+        """Closes the instance if it is idle and can be made again; returns whether it was."""
+        with self._lock:
+            if self._users or self._model is None or self._reload is None:
+                return False
+            model, self._model = self._model, None
+        model.close()
+        return True
 
     def close(self) -> None:
-        self.model.close()
+        with self._lock:
+            self._closed = True
+            model, self._model = self._model, None
+        if model is not None:
+            model.close()
+        if self._on_release is not None:
+            self._on_release(self)
 
 
 @dataclass(frozen=True)

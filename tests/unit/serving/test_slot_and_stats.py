@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from streamserve.errors import ScoringError
+from streamserve.serving.budget import LiveModels
 from streamserve.serving.slot import ModelIdentity, ModelSlot, Rejection, ServedModel
 from streamserve.serving.stats import LATENCY_BUCKETS_S, ModelServingInfo
 from streamserve.testing import FunctionModel
@@ -44,12 +47,12 @@ def test_a_superseded_staged_model_and_a_retired_model_are_closed() -> None:
     slot.model_for_batch()
     slot.stage(models[1])
     slot.stage(models[2])  # supersedes m1 before it ever served
-    assert models[1].model.closed  # type: ignore[attr-defined]
+    assert not models[1].live
     slot.model_for_batch()
     slot.stage(models[3])
     slot.model_for_batch()  # m3 current, m2 previous, m0 retired
-    assert models[0].model.closed  # type: ignore[attr-defined]
-    assert not models[2].model.closed  # type: ignore[attr-defined]
+    assert not models[0].live
+    assert models[2].live
     assert [s.name for s in slot.served_history()] == ["m0", "m2"]
 
 
@@ -84,3 +87,59 @@ def test_serving_info_amortizes_batch_durations_per_record() -> None:
     assert snapshot.average_duration_s == 0.003 / 110
     assert sum(snapshot.batch_latency_counts) == 2
     assert len(snapshot.batch_latency_counts) == len(LATENCY_BUCKETS_S) + 1
+
+
+def _evictable(name: str, sequence: int, reloads: list[str]) -> ServedModel:
+    def reload() -> FunctionModel:
+        reloads.append(name)
+        return FunctionModel(lambda x: x[:, 0] + sequence, width=1)
+
+    return ServedModel(
+        ModelIdentity(name, "v", "", "ONNX", sequence),
+        FunctionModel(lambda x: x[:, 0] + sequence, width=1),
+        ModelServingInfo(name, "", "v", "ONNX"),
+        load_duration_s=0.0,
+        reload=reload,
+    )
+
+
+def test_the_budget_evicts_the_least_recently_used_idle_instance() -> None:
+    live = LiveModels(max_live=2)
+    reloads: list[str] = []
+    a, b, c = (_evictable(name, i, reloads) for i, name in enumerate("abc"))
+    live.touch(a)
+    live.touch(b)
+    live.touch(a)  # b is now the least recently used
+    live.touch(c)
+    assert (a.live, b.live, c.live) == (True, False, True)
+    assert live.evictions == 1
+    assert live.live == 2
+
+    with b.instance() as model:  # b's next use makes it again
+        assert model.score_batch(np.array([[1.0]])).tolist() == [2.0]
+    live.touch(b)
+    assert reloads == ["b"]
+    assert b.reloads == 1
+    assert (a.live, b.live, c.live) == (False, True, True)
+
+
+def test_an_instance_in_use_is_never_evicted() -> None:
+    live = LiveModels(max_live=1)
+    reloads: list[str] = []
+    a, b = _evictable("a", 0, reloads), _evictable("b", 1, reloads)
+    live.touch(a)
+    with a.instance():
+        live.touch(b)  # over budget, but a is in use
+        assert a.live
+    live.touch(b)
+    assert not a.live
+    assert b.live
+
+
+def test_a_closed_model_is_not_made_again() -> None:
+    reloads: list[str] = []
+    retired = _evictable("retired", 0, reloads)
+    retired.close()
+    with pytest.raises(ScoringError, match="was retired"), retired.instance():
+        pass
+    assert reloads == []
