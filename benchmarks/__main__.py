@@ -82,15 +82,14 @@ def markdown_table(rows: list[Row]) -> str:
             if row.baseline_value is not None
             else ""
         )
-        ratio = f"{row.ratio:.2f}×" if row.ratio is not None else ""
+        ratio = f"{row.ratio:.3g}x" if row.ratio is not None else ""
         met = "" if row.met is None else ("yes" if row.met else "**no**")
         extra = row.details.get("p99_ms")
         value = f"{_number(row.value)} {row.unit}"
         if extra is not None:
             value = f"{_number(row.value)} / {_number(float(extra))} {row.unit}"  # type: ignore[arg-type]
-        lines.append(
-            f"| {row.scenario} | {row.metric} | {value} | {baseline} | {ratio} | {row.target} | {met} |"
-        )
+        cells = (row.scenario, row.metric, value, baseline, ratio, row.target, met)
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -31,9 +31,9 @@ class Row:
 
     @property
     def ratio(self) -> float | None:
-        if self.baseline_value in (None, 0):
+        if self.baseline_value is None or self.baseline_value == 0:
             return None
-        return self.value / self.baseline_value  # type: ignore[operator]
+        return self.value / self.baseline_value
 
     def as_json(self) -> dict[str, object]:
         return {**asdict(self), "ratio": self.ratio}

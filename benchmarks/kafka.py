@@ -66,7 +66,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
                 "rec/s",
                 "per-record loop, same model",
                 baselines["tf-frozen-graph"],
-                "≥ 100k rec/s and ≥ 10× the loop",
+                "≥ 100k rec/s and ≥ 10x the loop",
                 tf_rate >= 100_000 and tf_rate >= 10 * baselines["tf-frozen-graph"],
                 {"records": len(payloads)},
             ),
@@ -77,7 +77,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
                 "rec/s",
                 "bare consumer reading the topic",
                 bare,
-                "≥ 0.7× the bare consumer",
+                "≥ 0.7x the bare consumer",
                 onnx_rate >= 0.7 * bare,
                 {"records": len(payloads)},
             ),
@@ -225,7 +225,7 @@ def _start_runtime(
 
 
 def streamserve_rate(broker: Broker, name: str, model_type: int, data: bytes, count: int) -> float:
-    runtime, core, thread, outcome = _start_runtime(broker, name, model_type, data, ["data"], count)
+    _, core, thread, outcome = _start_runtime(broker, name, model_type, data, ["data"], count)
     started = time.perf_counter()
     thread.join()
     core.close()
@@ -297,7 +297,7 @@ def latency_at_rate(
         records = Path(scratch) / "records.bin"
         with records.open("wb") as stream:
             write_length_delimited(
-                (encode_wine_record(np.zeros(11) + i % 7) for i in range(count)), stream
+                (encode_wine_record([float(i % 7)] * 11) for i in range(count)), stream
             )
         subprocess.run(
             [

