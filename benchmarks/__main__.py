@@ -84,10 +84,10 @@ def markdown_table(rows: list[Row]) -> str:
         )
         ratio = f"{row.ratio:.3g}x" if row.ratio is not None else ""
         met = "" if row.met is None else ("yes" if row.met else "**no**")
-        extra = row.details.get("p99_ms")
+        p50 = row.details.get("p50_ms")
         value = f"{_number(row.value)} {row.unit}"
-        if extra is not None:
-            value = f"{_number(row.value)} / {_number(float(extra))} {row.unit}"  # type: ignore[arg-type]
+        if isinstance(p50, float):  # a latency row: the value is its p99
+            value = f"{_number(p50)} / {value}"
         cells = (row.scenario, row.metric, value, baseline, ratio, row.target, met)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

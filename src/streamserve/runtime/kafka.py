@@ -25,6 +25,7 @@ from typing import Any
 from streamserve.codecs.base import Codec, InputRecord
 from streamserve.errors import InfrastructureError
 from streamserve.runtime.encoding import Encoded, drain_model_events, encode_outcome
+from streamserve.runtime.heap import freeze_startup_objects
 from streamserve.runtime.inflight import DeliveryError, InFlightBatches, PendingBatch
 from streamserve.runtime.local import RunSummary
 from streamserve.serving.core import ServingCore
@@ -253,6 +254,7 @@ class KafkaRuntime:
         summary = RunSummary()
         self._init_transactions()
         self.catch_up_models()
+        freeze_startup_objects()
         self._caught_up = True
         self._data.subscribe(
             self._settings.data_topics, on_assign=self._on_assign, on_revoke=self._on_revoke
@@ -307,14 +309,15 @@ class KafkaRuntime:
         self.consumer_lag = lag
 
     def _consume(self, limit: int) -> list[Any]:
-        """A micro-batch: what is queued already, else the first record to arrive (waiting up
-        to ``IDLE_WAIT_S``), then more until ``limit`` or ``max_delay_ms`` after the first."""
+        """A micro-batch: the records queued already (they waited while the last batch was
+        scored: no more waiting), else the first record to arrive (waiting up to
+        ``IDLE_WAIT_S``) and those arriving up to ``max_delay_ms`` after it, up to ``limit``."""
         consumer = self._data
         messages = consumer.consume(limit, 0)
         if not messages:
             messages = consumer.consume(1, IDLE_WAIT_S)
-        if messages and len(messages) < limit and self._batch.max_delay_ms > 0:
-            messages += consumer.consume(limit - len(messages), self._batch.max_delay_ms / 1000)
+            if messages and limit > 1 and self._batch.max_delay_ms > 0:
+                messages += consumer.consume(limit - 1, self._batch.max_delay_ms / 1000)
         records = []
         for message in messages:
             error = message.error()

@@ -17,6 +17,7 @@ from typing import Protocol
 from streamserve.codecs.base import Codec, InputRecord
 from streamserve.errors import DescriptorError
 from streamserve.runtime.encoding import drain_model_events, encode_outcome
+from streamserve.runtime.heap import freeze_startup_objects
 from streamserve.runtime.model_directory import ModelMessage
 from streamserve.runtime.streams import Sink, Source
 from streamserve.serving.core import ServingCore
@@ -81,6 +82,7 @@ class LocalRuntime:
         summary = RunSummary()
         self._take_models(force=True)
         self._core.wait_for_models(self._catch_up_timeout_s)
+        freeze_startup_objects()
         self.ready.set()
         while not self._stop and (count is None or summary.records < count):
             if deadline is not None and time.monotonic() >= deadline:
