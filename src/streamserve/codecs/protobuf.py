@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -47,6 +48,7 @@ class WineRecordCodec:
 
     def decode(self, records: Sequence[InputRecord]) -> DecodedBatch:
         message = winerecord_pb2.WineRecord()
+        features_of = operator.attrgetter(*WINE_FEATURES)
 
         def decode_one(record: InputRecord) -> tuple[str, Sequence[float]]:
             try:
@@ -56,6 +58,6 @@ class WineRecordCodec:
                     f"record ({len(record.payload)} bytes) is not a WineRecord protobuf: {err}"
                 ) from err
             key = self.key_rule.resolve(record, message.dataType)
-            return key, [getattr(message, name) for name in WINE_FEATURES]
+            return key, features_of(message)
 
         return batch_from_rows(records, WINE_FEATURES, decode_each(records, decode_one))

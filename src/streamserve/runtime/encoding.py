@@ -37,7 +37,8 @@ def encode_outcome(outcome: BatchOutcome) -> tuple[list[Encoded], list[Encoded]]
                 "scoring_us": scoring_us,
             }
             results.append((row, (key, orjson.dumps(document))))
-    results.sort(key=lambda item: item[0])
+    if len(outcome.groups) > 1:  # one group's rows are in input order already
+        results.sort(key=lambda item: item[0])
     errors = [
         encode_record_error(error, outcome.records[error.row])
         for error in sorted(outcome.errors, key=lambda error: error.row)

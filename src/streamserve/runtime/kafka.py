@@ -330,9 +330,7 @@ class KafkaRuntime:
         return records
 
     def _process(self, messages: Sequence[Any], summary: RunSummary) -> None:
-        records = [
-            InputRecord(m.value() or b"", key=m.key(), position=_position(m)) for m in messages
-        ]
+        records = [InputRecord(m.value() or b"", m.key(), _position(m)) for m in messages]
         outcome = self._core.score(self._codec.decode(records))
         results, errors = encode_outcome(outcome)
         if self._transactions is not None:
