@@ -156,8 +156,9 @@ class ServingCore:
         outcome = BatchOutcome(batch.records)
         for row, error in batch.errors.items():
             outcome.errors.append(RecordError(row, error.kind, str(error)))
+        with_gaps = _keys_with_gaps(batch)
         for key, rows in _group_rows(batch.keys).items():
-            self._score_key(key, rows, batch, outcome)
+            self._score_key(key, rows, batch, outcome, complete=key not in with_gaps)
         kinds = Counter(f"errors.{error.kind}" for error in outcome.errors)
         bucket = BATCH_SIZE_BUCKETS[bisect_left(BATCH_SIZE_BUCKETS, len(batch))]
         size_bucket = f"batch_size_le.{bucket}"
@@ -182,11 +183,21 @@ class ServingCore:
             return dict(self._counts)
 
     def _score_key(
-        self, key: str, rows: npt.NDArray[np.intp], batch: DecodedBatch, outcome: BatchOutcome
+        self,
+        key: str,
+        rows: npt.NDArray[np.intp],
+        batch: DecodedBatch,
+        outcome: BatchOutcome,
+        *,
+        complete: bool,
     ) -> None:
+        """Scores one key's rows; ``complete`` when none of them lacks a value (no NaN)."""
         slot = self._slots.get(key)
         served, swapped = slot.model_for_batch() if slot is not None else (None, False)
-        names, values = _columns_of(batch, rows)
+        if complete:
+            names, values = batch.feature_names, batch.values[rows]
+        else:
+            names, values = _columns_of(batch, rows)
         if slot is not None:
             slot.observe(names, values, self._settings.validation_rows)
         if served is None:
@@ -218,8 +229,8 @@ class ServingCore:
             self._fail(outcome, rows, missing_features_error(mapping.missing), key, served)
             return
         features = values[:, mapping.columns]
-        incomplete = np.isnan(features).any(axis=1)
-        if incomplete.any():
+        incomplete = None if complete else np.isnan(features).any(axis=1)
+        if incomplete is not None and incomplete.any():
             model_names = served.inputs.names or tuple(names[i] for i in mapping.columns)
             self._fail_incomplete(
                 outcome, rows[incomplete], features[incomplete], model_names, key, served
@@ -342,6 +353,15 @@ def _columns_of(
     kept = present.tolist()
     names = tuple(name for name, keep in zip(batch.feature_names, kept, strict=True) if keep)
     return names, values[:, present]
+
+
+def _keys_with_gaps(batch: DecodedBatch) -> set[str | None]:
+    """The keys of the rows lacking a value: one vectorized pass, so that the common batch,
+    complete, skips the per-key checks (thousands of keys make thousands of small groups)."""
+    lacking = np.isnan(batch.values).any(axis=1)
+    if not lacking.any():
+        return set()
+    return {batch.keys[row] for row in np.flatnonzero(lacking).tolist()}
 
 
 def _group_rows(keys: Sequence[str | None]) -> dict[str, npt.NDArray[np.intp]]:

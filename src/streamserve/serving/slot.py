@@ -134,6 +134,9 @@ class Rejection:
     at: float = field(default_factory=time.time)
 
 
+OBSERVE_REFRESH_S = 1.0
+
+
 @dataclass(frozen=True)
 class ObservedSchema:
     """The feature columns of the key's latest records and a few rows to validate new models."""
@@ -157,6 +160,7 @@ class ModelSlot:
         self._rejections: deque[Rejection] = deque(maxlen=max_rejections)
         self._rejected_total = 0
         self._schema: ObservedSchema | None = None
+        self._observed_at = 0.0
         self._pinned = False
 
     # --- loader side -------------------------------------------------------------------------
@@ -201,17 +205,29 @@ class ModelSlot:
         return staged, True
 
     def observe(self, feature_names: tuple[str, ...], rows: FloatMatrix, keep: int) -> None:
-        """Remembers the latest records' columns and up to ``keep`` of their complete rows."""
+        """Remembers the latest records' columns and up to ``keep`` of their complete rows.
+
+        Once ``keep`` rows of unchanged columns are held, they are refreshed at most every
+        ``OBSERVE_REFRESH_S``: a key scored in many small batches (thousands of keys) pays
+        for this once a second, not once a batch."""
+        now = time.monotonic()
+        previous = self._schema
+        if (
+            previous is not None
+            and previous.feature_names == feature_names
+            and len(previous.sample) >= keep
+            and now - self._observed_at < OBSERVE_REFRESH_S
+        ):
+            return
         complete = rows[~np.isnan(rows).any(axis=1)][-keep:]
         with self._lock:
             previous = self._schema
-            if (
-                previous is not None
-                and previous.feature_names == feature_names
-                and not len(complete)
-            ):
-                return
+            if previous is not None and previous.feature_names == feature_names:
+                if not len(complete):
+                    return
+                complete = np.concatenate((previous.sample, complete))[-keep:]
             self._schema = ObservedSchema(feature_names, complete.copy())
+            self._observed_at = now
 
     # --- admin -------------------------------------------------------------------------------
     def rollback(self) -> ServedModel:

@@ -73,6 +73,20 @@ def test_observe_keeps_only_complete_recent_rows() -> None:
     assert schema.sample.tolist() == [[4.0, 5.0]]
 
 
+def test_observe_gathers_rows_over_small_batches_and_follows_a_new_schema_at_once() -> None:
+    slot = ModelSlot("k")
+    for value in (1.0, 2.0, 3.0):  # one record per batch, as with thousands of keys
+        slot.observe(("a",), np.array([[value]]), keep=2)
+    gathered = slot.observed_schema()
+    assert gathered is not None
+    assert gathered.sample.tolist() == [[1.0], [2.0]], "kept until refreshed, not replaced"
+    slot.observe(("a", "b"), np.array([[5.0, 6.0]]), keep=2)
+    changed = slot.observed_schema()
+    assert changed is not None
+    assert changed.feature_names == ("a", "b")
+    assert changed.sample.tolist() == [[5.0, 6.0]]
+
+
 def test_serving_info_amortizes_batch_durations_per_record() -> None:
     info = ModelServingInfo("m", "d", "v", "ONNX")
     info.record_batch(100, 0.002)
