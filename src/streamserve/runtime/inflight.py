@@ -32,7 +32,13 @@ class PendingBatch:
 
 
 class DeliveryError(Exception):
-    """An output of a batch was not delivered: the batch must not be committed."""
+    """An output of a batch was not delivered: the batch must not be committed.
+
+    ``committable`` holds the offsets of the acknowledged batches before it, which may be."""
+
+    def __init__(self, reason: str, committable: dict[Place, int]) -> None:
+        super().__init__(reason)
+        self.committable = committable
 
 
 class InFlightBatches:
@@ -51,12 +57,13 @@ class InFlightBatches:
 
     def take_acknowledged(self) -> dict[Place, int]:
         """The offsets to commit for the leading batches that are fully acknowledged (merged,
-        later batches winning); raises :class:`DeliveryError` at the first failed batch."""
+        later batches winning); raises :class:`DeliveryError` at the first failed batch, with
+        the offsets of the batches before it."""
         offsets: dict[Place, int] = {}
         while self._batches and self._batches[0].pending == 0:
             batch = self._batches[0]
             if batch.failures:
-                raise DeliveryError("; ".join(batch.failures[:3]))
+                raise DeliveryError("; ".join(batch.failures[:3]), offsets)
             self._batches.popleft()
             offsets.update(batch.next_offsets)
         return offsets

@@ -440,6 +440,8 @@ class KafkaRuntime:
         try:
             offsets = self._in_flight.take_acknowledged()
         except DeliveryError as err:
+            if err.committable:  # the batches before the failed one are delivered
+                self._commit(self._topic_partitions(err.committable))
             raise InfrastructureError(
                 f"outputs were not delivered ({err}); stopping without committing, "
                 "the batch will be re-delivered"

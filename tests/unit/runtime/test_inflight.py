@@ -49,6 +49,7 @@ def test_a_failed_delivery_stops_the_commits_at_its_batch() -> None:
     _ack(good, 1)
     _ack(bad, 1)
     _ack(bad, 1, error="Local: Message timed out")
-    with pytest.raises(DeliveryError, match="results: Local: Message timed out"):
+    with pytest.raises(DeliveryError, match="results: Local: Message timed out") as failure:
         in_flight.take_acknowledged()
+    assert failure.value.committable == {("data", 0): 10}, "the good batch before it commits"
     assert len(in_flight) == 1, "the failed batch must stay uncommitted"
