@@ -125,6 +125,7 @@ def measure(keys: int, per_key: int, budget: int | None) -> dict[str, float]:
         return rate(len(batch_records), time.perf_counter() - started), served, errors
 
     spread_rate, served, errors = serve(records(order))
+    rss_served = _rss_mib()  # every key served
     one_key_rate, _, _ = serve(records(np.zeros(len(order), dtype=int)))
     reloads = sum(slot.current.reloads for slot in core.slots() if slot.current is not None)
     result = {
@@ -132,7 +133,7 @@ def measure(keys: int, per_key: int, budget: int | None) -> dict[str, float]:
         "records": len(order),
         "load_s": load_s,
         "rss_before_mib": rss_before,
-        "rss_mib": _rss_mib(),
+        "rss_mib": rss_served,
         "rate": spread_rate,
         "one_key_rate": one_key_rate,
         "keys_served": len(served),

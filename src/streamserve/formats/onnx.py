@@ -3,7 +3,7 @@
 Inputs: one 2-D tensor is a positional model (features in codec order) unless option
 ``feature_names`` (comma-separated) names its columns; several inputs of one column each are
 named by their input names. Output: option ``output`` names it, else the first output.
-Each session runs with ``threads_per_model`` intra-op threads (default 1).
+Each session runs with ``threads_per_model`` intra-op threads (default 1) and no memory arena.
 """
 
 from __future__ import annotations
@@ -104,6 +104,10 @@ class OnnxFactory:
         options.intra_op_num_threads = self._context.threads_per_model
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # No per-session memory arena: measured on the wine MLP, scoring is as fast at 1 to
+        # 1,024 rows, a small session takes 80 KB instead of 118 KB, and 10,000 models under a
+        # budget of 1,000 re-instantiating 46k times end at 495 MiB RSS instead of 780 MiB.
+        options.enable_cpu_mem_arena = False
         try:
             session = ort.InferenceSession(
                 request.artifact.read_bytes(), options, providers=["CPUExecutionProvider"]
