@@ -99,15 +99,17 @@ class KafkaRuntime:
             "logger": ClientLog(),
         }
         self._last_error_log = 0.0
-        self._producer = self._kafka.Producer(
+        self._producer = self._client(
+            "producer",
             {
                 **common,
                 "message.max.bytes": 200 * 1024 * 1024,
                 "linger.ms": 2,
                 **settings.producer,
-            }
+            },
         )
-        self._data = self._kafka.Consumer(
+        self._data = self._client(
+            "consumer",
             {
                 **common,
                 "group.id": settings.group_id,
@@ -115,9 +117,10 @@ class KafkaRuntime:
                 "auto.offset.reset": "earliest",
                 "on_commit": self._on_commit,
                 **settings.consumer,
-            }
+            },
         )
-        self._models = self._kafka.Consumer(
+        self._models = self._client(
+            "consumer",
             {
                 **common,
                 "group.id": f"{settings.group_id}-models-reader",
@@ -125,20 +128,21 @@ class KafkaRuntime:
                 "enable.partition.eof": True,
                 "fetch.message.max.bytes": 200 * 1024 * 1024,
                 **settings.consumer,
-            }
+            },
         )
         self._transactions: Any = None  # a transactional producer, with exactly_once
         if settings.exactly_once:
             transactional_id = settings.transactional_id or (
                 f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
             )
-            self._transactions = self._kafka.Producer(
+            self._transactions = self._client(
+                "producer",
                 {
                     **common,
                     "transactional.id": transactional_id,
                     "message.max.bytes": 200 * 1024 * 1024,
                     **settings.producer,
-                }
+                },
             )
         self._in_flight = InFlightBatches()
         self.ready = threading.Event()  # models caught up and data partitions assigned
@@ -146,6 +150,18 @@ class KafkaRuntime:
         self._assigned: list[Any] = []
         self.consumer_lag: int | None = None  # records behind the high watermarks, when known
         self._next_lag_check = 0.0
+
+    def _client(self, role: str, config: dict[str, Any]) -> Any:
+        """A librdkafka producer or consumer; settings it refuses (an unknown property, TLS or
+        SASL settings missing a part) stop the replica here, saying which and why."""
+        make = self._kafka.Producer if role == "producer" else self._kafka.Consumer
+        try:
+            return make(config)
+        except self._kafka.KafkaException as err:
+            raise InfrastructureError(
+                f"the Kafka {role} refused its settings (kafka.{role} in the configuration): "
+                f"{err.args[0].str()}"
+            ) from err
 
     def stop(self) -> None:
         """Asks :meth:`run` to return after the batch in hand is committed (any thread)."""
