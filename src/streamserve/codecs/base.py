@@ -116,14 +116,32 @@ def batch_from_rows(
     names: tuple[str, ...],
     decoded: DecodedRecords[Sequence[float]],
 ) -> DecodedBatch:
-    """A DecodedBatch from per-record rows of ``len(names)`` floats."""
+    """A DecodedBatch from per-record rows of ``len(names)`` floats.
+
+    A row of another length fails its record alone (a codec defect must not shift the values
+    of the records after it into the wrong rows)."""
     width = len(names)
     rows: Sequence[Sequence[float] | None] = decoded.rows
-    if decoded.errors:
-        blank = [np.nan] * width
-        rows = [blank if row is None else row for row in rows]
+    if decoded.errors or not all(map(width.__eq__, map(len, rows))):  # type: ignore[arg-type]
+        rows = _rows_of_width(decoded, width)
     flat = itertools.chain.from_iterable(rows)  # type: ignore[arg-type]  # no None left
     matrix = np.fromiter(flat, dtype=np.float64, count=len(records) * width)
     return DecodedBatch(
         records, decoded.keys, names, matrix.reshape(len(records), width), decoded.errors
     )
+
+
+def _rows_of_width(decoded: DecodedRecords[Sequence[float]], width: int) -> list[Sequence[float]]:
+    """Rows with the failed ones (and any of a wrong length, which fail now) all NaN."""
+    blank = [np.nan] * width
+    rows: list[Sequence[float]] = []
+    for index, row in enumerate(decoded.rows):
+        if row is not None and len(row) != width:
+            decoded.errors[index] = RecordDecodeError(
+                f"record decoded to {len(row)} values where its batch has {width} columns "
+                "(a defect of its codec, not of the record)"
+            )
+            decoded.keys[index] = None
+            row = None
+        rows.append(blank if row is None else row)
+    return rows

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import orjson
 import pytest
 
-from streamserve.codecs.base import InputRecord, KeyRule
+from streamserve.codecs.base import DecodedRecords, InputRecord, KeyRule, batch_from_rows
 from streamserve.codecs.build import build_codec
 from streamserve.codecs.csv import CsvCodec, wine_csv_codec
 from streamserve.codecs.json import JsonCodec
@@ -108,3 +110,21 @@ def test_json_marks_keys_whose_fields_change_order_but_not_those_with_fewer_fiel
         )
     )
     assert batch.unordered_keys == frozenset({"shuffled"})
+
+
+def test_a_row_of_the_wrong_width_fails_its_record_alone_and_shifts_no_other_row() -> None:
+    # A codec that returns a short row for record 1 and a long one for record 2: the total
+    # still fills 4 rows of 2, so without a per-row check record 2's values land in row 1.
+    decoded = DecodedRecords[Sequence[float]](
+        rows=[[1.0, 2.0], [3.0], [4.0, 5.0, 6.0], [7.0, 8.0]],
+        keys=["a", "a", "a", "a"],
+    )
+    batch = batch_from_rows(records(b"", b"", b"", b""), ("x", "y"), decoded)
+
+    assert sorted(batch.errors) == [1, 2]
+    assert "decoded to 1 values where its batch has 2 columns" in str(batch.errors[1])
+    assert "decoded to 3 values" in str(batch.errors[2])
+    assert batch.keys == ["a", None, None, "a"]
+    np.testing.assert_array_equal(batch.values[0], [1.0, 2.0])
+    np.testing.assert_array_equal(batch.values[3], [7.0, 8.0])
+    assert np.isnan(batch.values[1:3]).all()
