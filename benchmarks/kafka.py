@@ -27,7 +27,7 @@ from streamserve.descriptor._generated import winerecord_pb2
 from streamserve.formats.artifact import InlineArtifact
 from streamserve.formats.base import FactoryContext, LoadRequest, Model
 from streamserve.formats.registry import FactoryRegistry
-from streamserve.runtime.kafka import KafkaRuntime
+from streamserve.runtime.kafka import DATA_CONSUMER_DEFAULTS, KafkaRuntime
 from streamserve.runtime.streams import write_length_delimited
 from streamserve.serving.core import ServingCore
 from streamserve.settings import BatchSettings, KafkaSettings, ServingSettings
@@ -135,11 +135,14 @@ def _produce_fast(broker: Broker, topic: str, payloads: list[bytes]) -> None:
 
 
 def _consumer(broker: Broker, group: str, **extra: Any) -> Any:
+    """A baseline's consumer, fetching as streamserve's data consumer does (so the baselines
+    are not starved by librdkafka's 1 s fetch-queue backoff while streamserve is not)."""
     return Consumer(
         {
             "bootstrap.servers": broker.bootstrap,
             "group.id": group,
             "auto.offset.reset": "earliest",
+            **DATA_CONSUMER_DEFAULTS,
             **TEST_CONSUMER_SETTINGS,
             **extra,
         }

@@ -7,6 +7,7 @@ half the session timeout, so tests use a short one.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -34,6 +35,17 @@ TEST_CONSUMER_SETTINGS = {
 @dataclass
 class Broker:
     bootstrap: str
+    process: Any = None
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """The broker process stopped (SIGSTOP): it holds its connections and answers nothing,
+        as a broker behind a black-holed network does."""
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def create_topics(self, *names: str, partitions: int = 4) -> None:
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
@@ -141,7 +153,7 @@ def running_broker(port: int | None = None) -> Iterator[Broker]:
     port = port or _free_port()
     process = _start_tansu(port, [])
     try:
-        yield Broker(f"127.0.0.1:{port}")
+        yield Broker(f"127.0.0.1:{port}", process)
     finally:
         _stop(process)
 
@@ -155,7 +167,6 @@ class DurableBroker(Broker):
 
     port: int = 0
     env: dict[str, str] = field(default_factory=dict)
-    process: Any = None
 
     def start(self) -> None:
         self.process = _start_tansu(self.port, ["--storage-engine", "s3://tansu/"], self.env)
@@ -189,7 +200,7 @@ def running_durable_broker() -> Iterator[DurableBroker]:
         }
         _create_bucket(f"http://127.0.0.1:{s3_port}", "tansu")
         port = _free_port()
-        broker = DurableBroker(f"127.0.0.1:{port}", port, env)
+        broker = DurableBroker(f"127.0.0.1:{port}", port=port, env=env)
         broker.start()
         try:
             yield broker

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from kafka_broker import TEST_CONSUMER_SETTINGS, Broker, running_broker
 from streamserve.codecs.csv import wine_csv_codec
 from streamserve.codecs.protobuf import WineRecordCodec, encode_wine_record
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
+from streamserve.errors import InfrastructureError
 from streamserve.runtime.kafka import KafkaRuntime
 from streamserve.serving.core import ServingCore
 from streamserve.settings import BatchSettings, KafkaSettings, ServingSettings
@@ -195,3 +197,87 @@ def test_a_tombstone_on_the_models_topic_unloads_its_key(
     assert [e["kind"] for e in errors] == ["no_model"] * 5
     assert {e["key"] for e in errors} == {"wine"}
     assert broker.read_all("results") == []
+
+
+def test_a_full_local_producer_queue_delays_outputs_but_loses_or_reorders_none(
+    broker: Broker, wine_dir: Path, wine_matrix: np.ndarray
+) -> None:
+    """librdkafka's local queue holds 50 messages here, fewer than a batch: every batch is
+    refused part way, and its tail is queued again once the queue drains."""
+    broker.produce("models", [(b"wine", encode_descriptor(frozen_graph(wine_dir)))])
+    broker.produce("wine-data", [(None, encode_wine_record(r[:11])) for r in wine_matrix[:600]])
+    settings = kafka_settings(broker).model_copy(
+        update={"producer": {"queue.buffering.max.messages": 50}}
+    )
+    core = ServingCore(ServingSettings())
+    KafkaRuntime(
+        core, WineRecordCodec(), settings, BatchSettings(max_records=256, max_delay_ms=20)
+    ).run(count=600, timeout_s=120)
+    core.close()
+
+    results = broker.read_all("results")
+    positions = [orjson.loads(m.value())["position"] for m in results]
+    assert len(positions) == 600
+    assert len(set(positions)) == 600
+    assert len({m.partition() for m in results}) == 1  # one key: one partition, in produce order
+    offsets_by_input_partition: dict[str, list[int]] = {}
+    for position in positions:
+        partition, offset = position.rsplit("@", 1)
+        offsets_by_input_partition.setdefault(partition, []).append(int(offset))
+    for partition, offsets in offsets_by_input_partition.items():
+        assert offsets == sorted(offsets), f"results of {partition} out of input order"
+
+
+def test_an_output_the_client_refuses_stops_the_run_before_its_batch_is_committed(
+    broker: Broker, wine_dir: Path, wine_matrix: np.ndarray
+) -> None:
+    """An error record (it carries its 2,000-byte input) over the producer's message.max.bytes
+    is refused: the run stops naming the topic and the reason, and a replica started after it
+    scores that batch again, so the record still reaches the errors topic."""
+    broker.produce("models", [(b"wine", encode_descriptor(frozen_graph(wine_dir)))])
+    junk = b"\xff" * 2000
+    good = [(None, encode_wine_record(r[:11])) for r in wine_matrix[:10]]
+    broker.produce("wine-data", [*good[:5], (None, junk), *good[5:]])
+    small = kafka_settings(broker).model_copy(update={"producer": {"message.max.bytes": 1000}})
+    core = ServingCore(ServingSettings())
+    runtime = KafkaRuntime(core, WineRecordCodec(), small, BatchSettings(max_records=256))
+    with pytest.raises(InfrastructureError, match=r"for errors were refused.*too large"):
+        runtime.run(count=11, timeout_s=120)
+    core.close()
+    assert [m.value() for m in broker.read_all("errors")] == []
+
+    _, core = serve(broker, count=11)
+    core.close()
+    errors = [orjson.loads(m.value()) for m in broker.read_all("errors")]
+    assert [e["kind"] for e in errors] == ["undecodable_record"]
+    assert base64.b64decode(errors[0]["input_base64"]) == junk
+    positions = {orjson.loads(m.value())["position"] for m in broker.read_all("results")}
+    assert len(positions) == 10
+
+
+def test_outputs_unacknowledged_past_the_flush_timeout_stop_the_run_with_nothing_committed(
+    broker: Broker, wine_dir: Path, wine_matrix: np.ndarray
+) -> None:
+    """Outputs go to a second broker that accepts connections and answers nothing (paused):
+    the run stops at flush_timeout_s saying so, commits nothing, and a replica started later
+    scores every record."""
+    broker.produce("models", [(b"wine", encode_descriptor(frozen_graph(wine_dir)))])
+    broker.produce("wine-data", [(None, encode_wine_record(r[:11])) for r in wine_matrix[:50]])
+    with running_broker() as silent:
+        silent.create_topics("results", "errors")
+        settings = kafka_settings(broker).model_copy(
+            update={"flush_timeout_s": 3.0, "producer": {"bootstrap.servers": silent.bootstrap}}
+        )
+        core = ServingCore(ServingSettings())
+        runtime = KafkaRuntime(core, WineRecordCodec(), settings, BatchSettings(max_records=16))
+        with (
+            silent.paused(),
+            pytest.raises(InfrastructureError, match="not acknowledged within 3 s"),
+        ):
+            runtime.run(count=50, timeout_s=120)
+        core.close()
+
+    _, core = serve(broker, count=50)
+    core.close()
+    positions = {orjson.loads(m.value())["position"] for m in broker.read_all("results")}
+    assert len(positions) == 50, "records were committed before their outputs were acknowledged"

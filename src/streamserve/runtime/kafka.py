@@ -41,6 +41,13 @@ LAG_INTERVAL_S = 2.0
 FLUSH_STEP_S = 1.0
 IDLE_WAIT_S = 0.1  # with no records: how long one wait lasts before models are checked
 
+# The data consumer's defaults (settings.consumer overrides them). librdkafka stops fetching a
+# partition while its local queue holds queued.min.messages (100k) and looks again only after
+# fetch.queue.backoff.ms (1 s by default): at 100k+ small records a second, the queue drains
+# before that and the serving loop waits for records the broker has. Looking again after 10 ms
+# took one replica from ~125k to ~280k rec/s (ONNX, 4 partitions, measured side by side).
+DATA_CONSUMER_DEFAULTS: dict[str, object] = {"fetch.queue.backoff.ms": 10}
+
 
 class ClientLog:
     """librdkafka's log lines in Python logging, at most one per facility every few seconds.
@@ -93,6 +100,7 @@ class KafkaRuntime:
         self._batch = batch
         self._on_event = on_event
         self._stop = False
+        self._failing = False  # the run is ending on an error: leave without waiting for outputs
         common = {
             "bootstrap.servers": settings.bootstrap_servers,
             "error_cb": self._on_error,
@@ -116,6 +124,7 @@ class KafkaRuntime:
                 "enable.auto.commit": False,
                 "auto.offset.reset": "earliest",
                 "on_commit": self._on_commit,
+                **DATA_CONSUMER_DEFAULTS,
                 **settings.consumer,
             },
         )
@@ -291,10 +300,14 @@ class KafkaRuntime:
                 summary.model_events += self._publish_events()
                 self._measure_lag()
             self._settle(0, synchronous=True)  # every batch acknowledged and committed
+        except BaseException:
+            self._failing = True
+            raise
         finally:
             self._data.close()  # leaves the group: partitions move to other replicas now
             self._models.close()
-            self._producer.flush(self._settings.flush_timeout_s)  # pending model events
+            # Pending model events; when failing, whatever is not committed is re-delivered.
+            self._producer.flush(FLUSH_STEP_S if self._failing else self._settings.flush_timeout_s)
         summary.elapsed_s = time.monotonic() - started
         return summary
 
@@ -305,8 +318,12 @@ class KafkaRuntime:
             self.ready.set()
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        # Before the partitions move: every batch in flight acknowledged and committed.
-        self._settle(0, synchronous=True)
+        # Before the partitions move: every batch in flight acknowledged and committed. When the
+        # run is failing, only those acknowledged already (a refused output never will be).
+        if self._failing:
+            self._commit_acknowledged_while_failing()
+        else:
+            self._settle(0, synchronous=True)
         self._assigned = []
         self.ready.clear()
 
@@ -369,15 +386,28 @@ class KafkaRuntime:
         producer: Any = None,
         on_delivery: Callable[[Any, Any], None] | None = None,
     ) -> None:
+        """Queues ``messages`` in order with one ``produce_batch`` call (0.7 µs a message
+        against 1.2 µs for ``produce``), waiting while librdkafka's local queue is full.
+
+        librdkafka queues a batch in order; once its queue is full it refuses that message and
+        every later one of the batch, so what is retried is always a tail, and order holds.
+        """
         producer = producer or self._producer
         on_delivery = on_delivery or self._on_delivery
-        for key, value in messages:
-            while True:
-                try:
-                    producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    producer.poll(0.05)  # the local queue is full: let it drain
+        pending: list[dict[str, Any]] = [{"key": key, "value": value} for key, value in messages]
+        while pending:
+            queued = producer.produce_batch(topic, pending, on_delivery=on_delivery)
+            if queued == len(pending):
+                return
+            refused = [message for message in pending if "_error" in message]
+            for message in refused:
+                if message["_error"].code() != self._kafka.KafkaError._QUEUE_FULL:
+                    raise InfrastructureError(
+                        f"{len(refused)} of {len(pending)} messages for {topic} were refused; "
+                        f"the first: {message['_error'].str()}"
+                    )
+            producer.poll(0.05)  # the local queue is full: let it drain
+            pending = [{"key": message["key"], "value": message["value"]} for message in refused]
 
     def _init_transactions(self) -> None:
         if self._transactions is None:
@@ -432,8 +462,10 @@ class KafkaRuntime:
         producer = self._producer
         producer.poll(0)
         self._commit_acknowledged(synchronous)
-        waited_s = 0.0
+        started = time.monotonic()
+        next_warning_s = ERROR_LOG_INTERVAL_S
         while len(self._in_flight) > max_in_flight:
+            waited_s = time.monotonic() - started
             if waited_s >= self._settings.flush_timeout_s:
                 raise InfrastructureError(
                     f"outputs were not acknowledged within {self._settings.flush_timeout_s:.0f} s "
@@ -442,15 +474,23 @@ class KafkaRuntime:
                 )
             producer.flush(FLUSH_STEP_S)
             self._commit_acknowledged(synchronous)
-            if self._in_flight.outputs_pending:
-                waited_s += FLUSH_STEP_S
-                if waited_s % ERROR_LOG_INTERVAL_S == 0:
-                    log.warning(
-                        "waiting %.0f s so far for Kafka at %s to acknowledge %d outputs",
-                        waited_s,
-                        self._settings.bootstrap_servers,
-                        self._in_flight.outputs_pending,
-                    )
+            if self._in_flight.outputs_pending and waited_s >= next_warning_s:
+                next_warning_s += ERROR_LOG_INTERVAL_S
+                log.warning(
+                    "waiting %.0f s so far for Kafka at %s to acknowledge %d outputs",
+                    waited_s,
+                    self._settings.bootstrap_servers,
+                    self._in_flight.outputs_pending,
+                )
+
+    def _commit_acknowledged_while_failing(self) -> None:
+        """Commits the leading acknowledged batches, without waiting for more and without
+        raising over the error that ends the run."""
+        try:
+            self._producer.poll(0)
+            self._commit_acknowledged(synchronous=True)
+        except InfrastructureError as err:
+            log.warning("leaving without committing the batches in flight: %s", err)
 
     def _commit_acknowledged(self, synchronous: bool) -> None:
         try:
@@ -480,14 +520,14 @@ class KafkaRuntime:
         was down), the commit is refused: the new owner scores the batch again (at-least-once),
         and this replica goes on with what it is assigned now.
         """
-        waited_s = 0.0
+        deadline = time.monotonic() + self._settings.flush_timeout_s
         while True:
             try:
                 self._data.commit(offsets=offsets, asynchronous=False)
                 return
             except self._kafka.KafkaException as err:
                 error = err.args[0]
-                if not error.retriable() or waited_s >= self._settings.flush_timeout_s:
+                if not error.retriable() or time.monotonic() >= deadline:
                     log.warning(
                         "the offsets of published batches were not committed (%s); their "
                         "records will be scored again (at-least-once)",
@@ -495,7 +535,6 @@ class KafkaRuntime:
                     )
                     return
             time.sleep(FLUSH_STEP_S)
-            waited_s += FLUSH_STEP_S
 
     def _on_commit(self, error: Any, partitions: list[Any]) -> None:
         """Asynchronous commits' results: a failed one is covered by the next (or re-delivered)."""
