@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,7 +89,7 @@ def timed(function: Callable[[], object]) -> float:
     return time.perf_counter() - started
 
 
-def percentiles(values_ms: list[float] | np.ndarray) -> tuple[float, float]:
+def percentiles(values_ms: Sequence[float] | np.ndarray) -> tuple[float, float]:
     if len(values_ms) == 0:
         return float("nan"), float("nan")
     p50, p99 = np.percentile(np.asarray(values_ms, dtype=float), [50, 99])

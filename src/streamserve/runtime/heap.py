@@ -7,7 +7,8 @@ import gc
 
 def freeze_startup_objects() -> None:
     """Collects once, then moves every object alive now — imported modules, the models loaded at
-    startup (TensorFlow alone brings hundreds of thousands) — out of the collector's view.
+    startup (TensorFlow alone brings hundreds of thousands), the records a publisher has read —
+    out of the collector's view.
 
     Its full collections then scan only what serving allocates since: measured on the Kafka
     runtime with the TF frozen graph at 58k rec/s, p99 latency fell from 173 ms to 25 ms. Frozen
