@@ -34,6 +34,20 @@ class TimedSink(CountingSink):
         self.write_times.append(time.perf_counter())
 
 
+class TimedSource(MemorySource):
+    """Notes when the runtime first asks for records: startup (loading the model, freezing the
+    heap) is over, and serving begins."""
+
+    def __init__(self, records: Sequence[InputRecord]) -> None:
+        super().__init__(records, closed=True)
+        self.first_poll: float | None = None
+
+    def poll(self, max_records: int, timeout_s: float) -> list[InputRecord]:
+        if self.first_poll is None:
+            self.first_poll = time.perf_counter()
+        return super().poll(max_records, timeout_s)
+
+
 def raw_onnxruntime_rate(model: bytes, features: np.ndarray) -> float:
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = 1
@@ -60,11 +74,11 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
             )
         )
     )
-    results, errors = TimedSink(), CountingSink()
+    source, results, errors = TimedSource(records), TimedSink(), CountingSink()
     runtime = LocalRuntime(
         core,
         JsonCodec(),
-        MemorySource(records, closed=True),
+        source,
         results,
         errors,
         BatchSettings(max_records=BATCH, max_delay_ms=5),
@@ -72,13 +86,15 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
     )
     started = time.perf_counter()
     summary = runtime.run()
-    elapsed = time.perf_counter() - started
     core.close()
-    if summary.results != count or errors.count:
+    if summary.results != count or errors.count or source.first_poll is None:
         raise RuntimeError(f"embedded: {summary.results} results, {errors.count} errors of {count}")
-    cycles_ms = np.diff(np.asarray([started, *results.write_times])) * 1000
+    # Serving only, from the first poll to the last result written, as the limit below is timed
+    # after its session is made and warmed up; startup is reported on its own.
+    startup_s = source.first_poll - started
+    cycles_ms = np.diff(np.asarray([source.first_poll, *results.write_times])) * 1000
     p50, p99 = percentiles(cycles_ms[1:] if len(cycles_ms) > 1 else cycles_ms)
-    measured = rate(count, elapsed)
+    measured = rate(count, results.write_times[-1] - source.first_poll)
     limit = raw_onnxruntime_rate(mlp_onnx, wine.cycled(count))
     overhead_us = 1e6 / measured - 1e6 / limit
     return [
@@ -89,7 +105,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
             "rec/s",
             "raw onnxruntime, batched, decoded",
             limit,
-            details={"records": count, "batch": BATCH},
+            details={"records": count, "batch": BATCH, "startup_ms": startup_s * 1000},
         ),
         Row(
             "1 embedded, ONNX wine MLP, JSON",
