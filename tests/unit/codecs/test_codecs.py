@@ -32,6 +32,26 @@ def test_json_named_features_become_columns_in_first_seen_order() -> None:
     assert batch.errors == {}
 
 
+def test_json_all_numeric_records_decode_as_records_with_other_fields_do() -> None:
+    """All-numeric records take a fast path; their values match those decoded field by field."""
+    numeric = {"dataType": "a", "x": 1, "y": -2.5, "big": 18446744073709551615}
+    batch = JsonCodec().decode(
+        records(
+            orjson.dumps(numeric),
+            orjson.dumps({**numeric, "note": "text"}),
+            orjson.dumps({**numeric, "flag": False}),
+            orjson.dumps({"dataType": "a", "x": True, "y": 0}),
+        )
+    )
+    assert batch.feature_names == ("x", "y", "big")
+    np.testing.assert_array_equal(
+        batch.values,
+        [[1, -2.5, 2.0**64]] * 3 + [[np.nan, 0, np.nan]],
+    )
+    assert batch.values.dtype == np.float64
+    assert batch.keys == ["a"] * 4
+
+
 def test_json_features_list_is_positional() -> None:
     batch = JsonCodec().decode(records(orjson.dumps({"dataType": "a", "features": [1, 2, 3]})))
     assert batch.feature_names == ("features[0]", "features[1]", "features[2]")
