@@ -67,6 +67,12 @@ class ScoringError(RejectedInput):
     kind = "scoring_failed"
 
 
+class NothingToRollBackError(StreamserveError):
+    """An admin rollback of a key that has no previous model."""
+
+    kind = "nothing_to_roll_back"
+
+
 class InfrastructureError(StreamserveError):
     """The stream cannot go on: stop without committing."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -41,6 +41,12 @@ class ServingSettings(_Section):
     )
     validation_rows: int = Field(8, ge=1, description="recent rows per key kept to probe models")
     max_rejections_kept: int = Field(20, ge=1, description="recent rejections kept per key")
+    quarantine_after_failures: int = Field(
+        100,
+        ge=1,
+        description="a current model whose scoring fails this many records in a row, with none "
+        "scored between, is taken out of service and its previous model restored",
+    )
     artifact_cache_dir: Path | None = Field(
         None,
         description="keeps unpacked archives and passed checks by digest across restarts",
@@ -111,7 +117,12 @@ class KafkaSettings(_Section):
 class ApiSettings(_Section):
     host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     port: int | None = Field(None, ge=0, le=65535, description="HTTP API port; None: no API")
-    admin_token: str | None = Field(None, description="bearer token of admin actions; None: off")
+    admin_token: str | None = Field(
+        None,
+        min_length=16,
+        pattern=r"^\S+$",
+        description="bearer token of admin actions (16+ characters, no spaces); None: off",
+    )
 
 
 class Settings(BaseSettings):
@@ -139,13 +150,26 @@ class Settings(BaseSettings):
 
 
 def load_settings(toml_file: Path | None = None) -> Settings:
-    """Settings from the environment > ``toml_file`` > defaults."""
-    if toml_file is None:
-        return Settings()
-    if not toml_file.is_file():
+    """Settings from the environment > ``toml_file`` > defaults.
+
+    Raises :class:`ConfigurationError` naming every setting that is refused and why.
+    """
+    if toml_file is not None and not toml_file.is_file():
         raise ConfigurationError(f"settings file {toml_file} does not exist")
+    try:
+        if toml_file is None:
+            return Settings()
 
-    class FileSettings(Settings):
-        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": toml_file})
+        class FileSettings(Settings):
+            model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": toml_file})
 
-    return FileSettings()
+        return FileSettings()
+    except ValidationError as err:
+        where = (
+            f"{toml_file} or STREAMSERVE_* variables" if toml_file else "STREAMSERVE_* variables"
+        )
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in err.errors()
+        )
+        raise ConfigurationError(f"invalid settings ({where}): {problems}") from err

@@ -90,3 +90,55 @@ def test_a_location_model_changed_after_eviction_fails_instead_of_serving(
         assert "does not match its sha256" in error.reason
     finally:
         core.close()
+
+
+def test_keys_seen_only_on_the_models_topic_leave_bounded_state() -> None:
+    """Rejected models and tombstones for keys nobody serves used to leave a slot (and an unload
+    floor) each, forever: memory that grew with whatever keys a publisher sent."""
+    core = ServingCore(ServingSettings())
+    with core:
+        for number in range(3000):
+            core.submit_model(
+                ModelDescriptor(
+                    name="junk", data_type=f"junk-{number}", model_type=ModelType.ONNX, data=b"x"
+                )
+            )
+            core.unload(f"gone-{number}")
+        assert core.wait_for_models(120)
+        core.unload("one-more")  # floors are pruned once no older load is pending
+        footprint = core.footprint()
+        assert footprint["slots"] == 0
+        assert footprint["unload_floors"] == 0
+        assert footprint["keyless_rejections"] <= 1000
+        outcome = core.score(CODEC.decode(_records([0])))
+        assert "no model for key 'k0' yet" in outcome.errors[0].reason
+        rejected = core.score(
+            CODEC.decode([InputRecord(orjson.dumps({"dataType": "junk-2999", "features": [1]}))])
+        )
+        assert "1 rejected, latest 'junk'" in rejected.errors[0].reason
+
+
+def test_a_staged_model_is_never_evicted_before_it_serves() -> None:
+    """Under a budget, a staged model used to be evicted by other keys' batches before its
+    first batch, which then made it again on the scoring thread."""
+    core = ServingCore(ServingSettings(max_live_models=1))
+    with core:
+        for key in ("k0", "k1"):
+            core.submit_model(
+                ModelDescriptor(
+                    name=key,
+                    data_type=key,
+                    model_type=ModelType.ONNX,
+                    data=onnx_linear(np.array([1.0, 0.0]), 0.0),
+                )
+            )
+        assert core.wait_for_models(60)
+        for _ in range(3):
+            assert core.score(CODEC.decode(_records([0]))).error_count == 0  # only k0 is used
+        slot = core.find_slot("k1")
+        assert slot is not None
+        assert slot.staged is not None
+        assert slot.staged.live, "evicted before it ever served"
+        assert core.score(CODEC.decode(_records([1]))).error_count == 0
+        assert slot.current is not None
+        assert slot.current.reloads == 0

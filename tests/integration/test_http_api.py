@@ -17,7 +17,7 @@ from streamserve.codecs.json import JsonCodec
 from streamserve.serving.core import ServingCore
 from streamserve.settings import ApiSettings
 
-TOKEN = "s3cret-token"
+TOKEN = "s3cret-token-of-the-tests"
 
 
 @pytest.fixture

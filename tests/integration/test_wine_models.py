@@ -70,7 +70,7 @@ def test_all_zero_record_scores_5(make_descriptor, core: ServingCore, wine_dir: 
     )
     assert run.errors == []
     assert len(run.results) == 1
-    assert str(run.results[0]["value"]) == "5"
+    assert run.results[0]["value"] == 5, "a JSON number: numeric class labels are numbers"
     assert run.results[0]["model"] == descriptor.name
 
 
@@ -120,6 +120,7 @@ def test_every_pmml_model_gives_jpmmls_predictions_on_all_rows(
     evaluator = make_evaluator(str(wine_dir / pmml_file)).verify()
     target = evaluator.getTargetFields()[0].getName()
     expected = evaluator.evaluateAll(pd.DataFrame(wine_matrix[:, :11], columns=PMML_NAMES))[target]
+    expected = pd.to_numeric(expected)  # the classifiers' labels "5", "6" are published as numbers
 
     descriptor = ModelDescriptor(
         name=pmml_file,
@@ -155,6 +156,23 @@ def test_linear_regression_pmml_matches_its_own_coefficients(
     )
     run = serve_records(core, wine_csv_codec(), _csv_records(wine_dir), models=[descriptor])
     np.testing.assert_allclose([r["value"] for r in run.results], expected, rtol=1e-12)
+
+
+def test_every_original_model_publishes_json_numbers_on_one_key(
+    core: ServingCore, wine_dir: Path
+) -> None:
+    """Contract 4: a key's value keeps one JSON type across swaps; the wine models' classes,
+    regressions and argmax indices are all numbers, so every swap of the demo is accepted."""
+    rows = _csv_records(wine_dir)[:3]
+    values: dict[str, list[object]] = {}
+    for descriptor in wine_descriptors(wine_dir):
+        run = serve_records(core, wine_csv_codec(), rows, models=[descriptor])
+        assert run.errors == [], run.errors
+        assert {r["model"] for r in run.results} == {descriptor.name}
+        values[descriptor.name] = [r["value"] for r in run.results]
+    assert len(values) == 9
+    for name, published in values.items():
+        assert all(type(v) in (int, float) for v in published), (name, published)
 
 
 def test_demo_publishes_the_original_models_in_order(wine_dir: Path) -> None:

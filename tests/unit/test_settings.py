@@ -27,9 +27,28 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 def test_unknown_and_invalid_settings_are_refused(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[batch]\nmax_recods = 7\n")
-    with pytest.raises(ValidationError, match="max_recods"):
+    with pytest.raises(ConfigurationError, match=r"invalid settings .*batch\.max_recods"):
         load_settings(config)
     with pytest.raises(ValidationError, match="greater than or equal to 1"):
         Settings(batch={"max_records": 0})
     with pytest.raises(ConfigurationError, match="does not exist"):
         load_settings(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("token", ["", "   ", "short", "has a space in it somewhere"])
+def test_an_admin_token_that_would_not_protect_is_refused(
+    token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty token used to switch admin authentication off (an empty bearer matched it)."""
+    monkeypatch.setenv("STREAMSERVE_API__ADMIN_TOKEN", token)
+    with pytest.raises(ConfigurationError, match=r"api\.admin_token"):
+        load_settings()
+
+
+def test_an_empty_admin_token_is_refused_by_the_app_too() -> None:
+    from streamserve.api.app import build_app
+    from streamserve.serving.core import ServingCore
+    from streamserve.settings import ServingSettings
+
+    with ServingCore(ServingSettings()) as core, pytest.raises(ConfigurationError, match="empty"):
+        build_app(core, admin_token="")

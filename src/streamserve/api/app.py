@@ -22,6 +22,7 @@ from streamserve import __version__
 from streamserve.api import v2
 from streamserve.api.metrics import metrics_registry
 from streamserve.api.state import keys_document, models_document, slot_document
+from streamserve.errors import ConfigurationError, NothingToRollBackError
 from streamserve.serving.core import ServingCore
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -46,6 +47,8 @@ def build_app(
     is_ready: Callable[[], bool] = lambda: True,
     consumer_lag: Callable[[], int | None] | None = None,
 ) -> Starlette:
+    if admin_token is not None and not admin_token.strip():
+        raise ConfigurationError("the admin token is empty: set a token, or none to disable admin")
     registry = metrics_registry(core, consumer_lag)
 
     async def live(request: Request) -> Response:
@@ -132,7 +135,7 @@ def _admin_routes(core: ServingCore, token: str | None) -> list[Route]:
     def rollback(slot: Any) -> Response:
         try:
             restored = slot.rollback()
-        except LookupError as err:
+        except NothingToRollBackError as err:
             return error(str(err), 409)
         return json_response(
             {

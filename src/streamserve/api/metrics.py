@@ -56,8 +56,14 @@ class ServingCollector(Collector):
         rejections = CounterMetricFamily(
             "streamserve_model_rejections", "Models rejected for a key", labels=["key"]
         )
+        quarantines = CounterMetricFamily(
+            "streamserve_model_quarantines",
+            "Models taken out of service because they kept failing, by key",
+            labels=["key"],
+        )
         for slot in self._core.slots():
             rejections.add_metric([slot.key], slot.rejected_total)
+            quarantines.add_metric([slot.key], slot.quarantined_total)
             for served in (slot.current, slot.previous):
                 if served is not None:
                     _add_model(served, slot.key, results, errors, latency, loads)
@@ -65,7 +71,7 @@ class ServingCollector(Collector):
                     identity = served.identity
                     labels = [slot.key, identity.name, identity.version]
                     swaps.add_metric(labels, served.swap_delay_s)
-        yield from (results, errors, latency, loads, swaps, rejections)
+        yield from (results, errors, latency, loads, swaps, rejections, quarantines)
 
     def _totals(self) -> Iterator[Metric]:
         counts = self._core.counts

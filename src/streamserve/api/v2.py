@@ -15,9 +15,16 @@ import numpy as np
 from streamserve.codecs.base import DecodedBatch, InputRecord
 from streamserve.formats.base import InputSpec
 from streamserve.serving.core import ServingCore
+from streamserve.serving.output import ValueType
 from streamserve.serving.slot import ServedModel
 
 V2_DATATYPES = {"b": "BOOL", "i": "INT64", "u": "UINT64", "f": "FP64", "U": "BYTES", "O": "BYTES"}
+VALUE_TYPE_DATATYPES = {
+    ValueType.NUMBER: "FP64",
+    ValueType.STRING: "BYTES",
+    ValueType.BOOLEAN: "BOOL",
+    ValueType.ARRAY: "FP64",
+}
 NUMERIC_REQUEST_TYPES = {
     "FP16",
     "FP32",
@@ -66,44 +73,59 @@ def model_metadata(core: ServingCore, name: str) -> dict[str, Any]:
         "outputs": [
             {
                 "name": "value",
-                "datatype": V2_DATATYPES.get(served.output_kind, "BYTES"),
-                "shape": [-1],
+                "datatype": VALUE_TYPE_DATATYPES[served.value_type],
+                "shape": [-1] if served.value_type != ValueType.ARRAY else [-1, -1],
             }
         ],
-        "parameters": {"model": served.identity.name, "description": served.identity.description},
+        "parameters": {
+            "model": served.identity.name,
+            "description": served.identity.description,
+            "value_type": str(served.value_type),
+        },
     }
 
 
 def infer(core: ServingCore, name: str, request: Any) -> dict[str, Any]:
     served = current_model(core, name)
-    names, values = _features(request, served.inputs)
+    slot = core.find_slot(name)
+    order = None if slot is None else slot.positional_order
+    names, values = _features(request, served.inputs, order)
     records = [InputRecord(b"", position=f"v2:{row}") for row in range(len(values))]
     batch = DecodedBatch(records, [name] * len(records), names, values)
-    outcome = core.score(batch)
+    outcome = core.score(batch, observe=False)  # requests are not the key's stream records
     if outcome.errors:
         first = min(outcome.errors, key=lambda error: error.row)
         raise V2Error(f"row {first.row}: {first.reason}")
-    (group,) = outcome.groups
-    output = np.asarray(group.values)
+    if outcome.groups:
+        (group,) = outcome.groups
+        output, identity = np.asarray(group.values), group.model
+    else:  # no rows: nothing scored, the current model still answers
+        output, identity = np.empty(0), served.identity
     response: dict[str, Any] = {
         "model_name": name,
-        "model_version": group.model.version,
+        "model_version": identity.version,
         "outputs": [
             {
                 "name": "value",
                 "shape": list(output.shape),
-                "datatype": V2_DATATYPES.get(output.dtype.kind, "BYTES"),
+                "datatype": V2_DATATYPES.get(output.dtype.kind, "BYTES")
+                if len(output)
+                else VALUE_TYPE_DATATYPES[served.value_type],
                 "data": output.ravel().tolist(),
             }
         ],
-        "parameters": {"model": group.model.name},
+        "parameters": {"model": identity.name},
     }
     if isinstance(request.get("id"), str):
         response["id"] = request["id"]
     return response
 
 
-def _features(request: Any, spec: InputSpec) -> tuple[tuple[str, ...], np.ndarray]:
+def _features(
+    request: Any, spec: InputSpec, order: tuple[str, ...] | None
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """The request's feature columns and their names. A 2-D tensor as wide as the model is
+    positional: its columns take the model's input names, or the key's fixed field order."""
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise V2Error("the request must be a JSON object with an 'inputs' list")
     tensors = [_tensor(item, index) for index, item in enumerate(request["inputs"])]
@@ -111,8 +133,9 @@ def _features(request: Any, spec: InputSpec) -> tuple[tuple[str, ...], np.ndarra
         raise V2Error("'inputs' is empty")
     if len(tensors) == 1 and tensors[0][1].ndim == 2:
         tensor_name, matrix = tensors[0]
-        if spec.names is not None and matrix.shape[1] == spec.width:
-            return spec.names, matrix  # the model's named inputs, in its order
+        names = spec.names or order
+        if names is not None and matrix.shape[1] == spec.width == len(names):
+            return names, matrix  # the model's inputs, in its order
         return tuple(f"{tensor_name}[{i}]" for i in range(matrix.shape[1])), matrix
     columns = []
     for tensor_name, data in tensors:

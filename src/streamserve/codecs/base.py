@@ -56,9 +56,12 @@ class DecodedBatch:
     """Columns of features for a batch of records; undecodable records carry their error.
 
     ``values`` has one row per input record (NaN where a record lacks a column); rows of
-    undecodable records are all NaN and their ``keys`` entry is ``None``. ``unordered_keys``
-    names keys whose records carry named fields in differing orders: their columns have no
-    position, so they can feed only models that name their inputs.
+    undecodable records are all NaN and their ``keys`` entry is ``None``.
+
+    ``field_orders``, from codecs whose records name their own fields (JSON): per key, the
+    field names its records most often carry, in their order. A key whose model is positional
+    takes its input order from them once. Codecs with fixed columns leave it empty: their
+    ``feature_names`` is every record's order.
     """
 
     records: Sequence[InputRecord]
@@ -66,7 +69,7 @@ class DecodedBatch:
     feature_names: tuple[str, ...]
     values: FloatMatrix
     errors: Mapping[int, RecordDecodeError] = field(default_factory=dict)
-    unordered_keys: frozenset[str] = frozenset()
+    field_orders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)

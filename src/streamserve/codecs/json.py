@@ -8,9 +8,9 @@ not features.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import pairwise
 from typing import cast
 
 import orjson
@@ -43,7 +43,7 @@ class JsonCodec:
             decoded.errors,
         )
         batch = batch_from_rows(records, names, rows)
-        batch.unordered_keys = _unordered_keys(decoded, names)
+        batch.field_orders = _field_orders(decoded)
         return batch
 
     def _decode_one(self, record: InputRecord) -> tuple[str, dict[str, float]]:
@@ -79,27 +79,13 @@ def _features(document: dict[str, object], key_field: str) -> dict[str, float]:
     return features
 
 
-def _unordered_keys(
-    decoded: DecodedRecords[dict[str, float]], names: tuple[str, ...]
-) -> frozenset[str]:
-    """Keys with records whose fields stand in another relative order than the batch columns.
-
-    Fewer fields is fine (``features[0..4]`` beside ``features[0..10]``); ``b, a`` beside
-    ``a, b`` is not: such columns have no position to feed a positional model.
-    """
-    column = {name: index for index, name in enumerate(names)}
-    in_order: dict[tuple[str, ...], bool] = {}
-    unordered: set[str] = set()
+def _field_orders(decoded: DecodedRecords[dict[str, float]]) -> dict[str, tuple[str, ...]]:
+    """Per key, the field names its records carry most often, in their own order."""
+    seen: dict[str, Counter[tuple[str, ...]]] = {}
     for key, features in zip(decoded.keys, decoded.rows, strict=True):
-        if key is None or features is None or key in unordered:
-            continue
-        fields = tuple(features)
-        if fields not in in_order:
-            positions = [column[name] for name in fields]
-            in_order[fields] = all(a < b for a, b in pairwise(positions))
-        if not in_order[fields]:
-            unordered.add(key)
-    return frozenset(unordered)
+        if key is not None and features is not None:
+            seen.setdefault(key, Counter())[tuple(features)] += 1
+    return {key: orders.most_common(1)[0][0] for key, orders in seen.items()}
 
 
 def _column_names(parsed: list[dict[str, float] | None]) -> tuple[str, ...]:

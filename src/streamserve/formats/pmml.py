@@ -2,8 +2,9 @@
 
 One JVM per process, started by the first PMML model (JPype backend: in-process, no orphan
 ``java`` processes). Inputs are the model's input fields, by name; the published value is the
-first target field as JPMML returns it (a label string for classification, a number for
-regression). Rows are evaluated in one JVM call per batch.
+first target field: a number for regression; for classification the label, published as a
+number when every category of the target is a numeral (the wine models' quality ``"5"`` is 5,
+as the other formats publish it), else as text. Rows are evaluated in one JVM call per batch.
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class PmmlModel:
         if not targets:
             raise ModelLoadError(f"PMML model {name!r} declares no target field")
         self._target = str(targets[0].getName())
+        self._numeric_labels = _all_numerals(targets[0].javaModelField.getCategories())
 
     @property
     def inputs(self) -> InputSpec:
@@ -111,10 +113,24 @@ class PmmlModel:
                     f"PMML model {self._name!r}: {len(failed)} of {len(frame)} "
                     f"rows failed, first: {failed.iloc[0]}"
                 )
-        return np.asarray(results[self._target].to_numpy())
+        values = results[self._target].to_numpy()
+        if self._numeric_labels:
+            return np.asarray(self._pandas.to_numeric(values))
+        return np.asarray(values)
 
     def close(self) -> None:
         self._evaluator = None
+
+
+def _all_numerals(categories: Any) -> bool:
+    """Whether a target has categories and every one reads as a finite number."""
+    if categories is None:
+        return False
+    labels = [str(category) for category in categories]
+    try:
+        return bool(labels) and all(np.isfinite(float(label)) for label in labels)
+    except ValueError:
+        return False
 
 
 class PmmlFactory:

@@ -8,42 +8,84 @@ and the input itself (as text, or base64 when it is not UTF-8), so nothing is lo
 from __future__ import annotations
 
 import base64
+import dataclasses
 from collections.abc import Callable
 
 import orjson
 
 from streamserve.codecs.base import InputRecord
+from streamserve.errors import ScoringError
 from streamserve.serving.core import ServingCore
 from streamserve.serving.events import ModelEvent, ModelEventKind
-from streamserve.serving.outcome import BatchOutcome, RecordError
+from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
 
 Encoded = tuple[bytes | None, bytes]  # (message key, message value)
 
 
 def encode_outcome(outcome: BatchOutcome) -> tuple[list[Encoded], list[Encoded]]:
-    """``(results, errors)`` encoded, each in input order."""
+    """``(results, errors)`` encoded, each in input order.
+
+    A value the encoder refuses fails its record alone (``scoring_failed``, with the reason);
+    validation runs the same check on every new model, so a model whose outputs cannot be
+    published never becomes current.
+    """
     results: list[tuple[int, Encoded]] = []
+    record_errors = list(outcome.errors)
     for group in outcome.groups:
-        key = group.key.encode()
-        model = group.model
-        scoring_us = round(group.scoring_s_per_record * 1e6, 3)
-        for row, value in zip(group.rows.tolist(), group.values.tolist(), strict=True):
-            document = {
-                "key": group.key,
-                "model": model.name,
-                "version": model.version,
-                "value": value,
-                "position": outcome.records[row].position,
-                "scoring_us": scoring_us,
-            }
-            results.append((row, (key, orjson.dumps(document))))
+        try:
+            results.extend(_encode_group(group, outcome))
+        except (TypeError, ValueError, orjson.JSONEncodeError):
+            encoded, failed = _encode_rows_alone(group, outcome)
+            results.extend(encoded)
+            record_errors.extend(failed)
     if len(outcome.groups) > 1:  # one group's rows are in input order already
         results.sort(key=lambda item: item[0])
     errors = [
         encode_record_error(error, outcome.records[error.row])
-        for error in sorted(outcome.errors, key=lambda error: error.row)
+        for error in sorted(record_errors, key=lambda error: error.row)
     ]
     return [encoded for _, encoded in results], errors
+
+
+def _encode_group(group: ScoredGroup, outcome: BatchOutcome) -> list[tuple[int, Encoded]]:
+    key = group.key.encode()
+    model = group.model
+    scoring_us = round(group.scoring_s_per_record * 1e6, 3)
+    encoded: list[tuple[int, Encoded]] = []
+    for row, value in zip(group.rows.tolist(), group.values.tolist(), strict=True):
+        document = {
+            "key": group.key,
+            "model": model.name,
+            "version": model.version,
+            "value": value,
+            "position": outcome.records[row].position,
+            "scoring_us": scoring_us,
+        }
+        encoded.append((row, (key, orjson.dumps(document))))
+    return encoded
+
+
+def _encode_rows_alone(
+    group: ScoredGroup, outcome: BatchOutcome
+) -> tuple[list[tuple[int, Encoded]], list[RecordError]]:
+    encoded: list[tuple[int, Encoded]] = []
+    failed: list[RecordError] = []
+    for index, row in enumerate(group.rows.tolist()):
+        single = dataclasses.replace(
+            group, rows=group.rows[index : index + 1], values=group.values[index : index + 1]
+        )
+        try:
+            encoded.extend(_encode_group(single, outcome))
+        except (TypeError, ValueError, orjson.JSONEncodeError) as err:
+            reason = f"model {group.model.name!r} returned a value that cannot be published: {err}"
+            failed.append(RecordError(row, ScoringError.kind, reason, group.key, group.model))
+    return encoded, failed
+
+
+def encode_internal_error(record: InputRecord, err: BaseException) -> Encoded:
+    """The error record of a record that failed in a way no step foresaw (a defect)."""
+    error = RecordError(0, "internal_error", f"{type(err).__name__}: {err}")
+    return encode_record_error(error, record)
 
 
 def encode_record_error(error: RecordError, record: InputRecord) -> Encoded:
@@ -59,8 +101,15 @@ def encode_record_error(error: RecordError, record: InputRecord) -> Encoded:
         document["input"] = record.payload.decode("utf-8")
     except UnicodeDecodeError:
         document["input_base64"] = base64.b64encode(record.payload).decode("ascii")
-    key = error.key.encode() if error.key else record.key
-    return key, orjson.dumps(document)
+    key = error.key.encode("utf-8", "replace") if error.key else record.key
+    try:
+        return key, orjson.dumps(document)
+    except orjson.JSONEncodeError:  # text that is not UTF-8 (a lone surrogate): replace it
+        return key, orjson.dumps({name: _utf8(value) for name, value in document.items()})
+
+
+def _utf8(value: object) -> object:
+    return value.encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else value
 
 
 def encode_model_event(event: ModelEvent) -> Encoded:
@@ -77,6 +126,9 @@ def encode_model_event(event: ModelEvent) -> Encoded:
     return (event.key.encode() or None), orjson.dumps(document)
 
 
+PUBLISHED_EVENTS = frozenset((ModelEventKind.REJECTED, ModelEventKind.QUARANTINED))
+
+
 def drain_model_events(
     core: ServingCore, on_event: Callable[[ModelEvent], None] | None
 ) -> tuple[list[Encoded], int]:
@@ -86,5 +138,5 @@ def drain_model_events(
     if on_event is not None:
         for event in events:
             on_event(event)
-    rejected = [encode_model_event(e) for e in events if e.kind is ModelEventKind.REJECTED]
+    rejected = [encode_model_event(e) for e in events if e.kind in PUBLISHED_EVENTS]
     return rejected, len(events)

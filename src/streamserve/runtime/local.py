@@ -16,7 +16,8 @@ from typing import Protocol
 
 from streamserve.codecs.base import Codec, InputRecord
 from streamserve.errors import DescriptorError
-from streamserve.runtime.encoding import drain_model_events, encode_outcome
+from streamserve.runtime.batch import process_batch
+from streamserve.runtime.encoding import drain_model_events
 from streamserve.runtime.heap import freeze_startup_objects
 from streamserve.runtime.model_directory import ModelMessage
 from streamserve.runtime.streams import Sink, Source
@@ -123,8 +124,8 @@ class LocalRuntime:
         return records
 
     def _score(self, records: list[InputRecord], summary: RunSummary) -> None:
-        outcome = self._core.score(self._codec.decode(records))
-        results, errors = encode_outcome(outcome)
+        encoded = process_batch(self._core, self._codec, records)
+        results, errors = encoded.results, encoded.errors
         self._results.write(results)
         self._errors.write(errors)
         summary.records += len(records)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from itertools import islice
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -25,17 +26,29 @@ class LiveModels:
         self.evictions = 0
 
     def touch(self, served: ServedModel) -> None:
-        """``served`` was just used (or instantiated): it is evicted last; others may go now."""
+        """``served`` was just used (or instantiated): it is evicted last; others may go now.
+
+        A retired model is never added: its instance closes with its last user. Checked under
+        the lock that :meth:`forget` takes, and models are marked retired before they are
+        forgotten, so a touch racing a retirement cannot leave the model here for good.
+        Staged models are not here until they first serve: one is never evicted before it
+        ever scored (its re-instantiation would land on the scoring path)."""
         if self.max_live is None:
             return
         with self._lock:
+            if served.retired:
+                return
             self._lru[id(served)] = served
             self._lru.move_to_end(id(served))
             excess = len(self._lru) - self.max_live
-            candidates = list(self._lru.values())[: max(excess, 0)] if excess > 0 else []
+            # The oldest few: some may be in use; those left over go at a later touch.
+            candidates = list(islice(self._lru.values(), 2 * excess + 4)) if excess > 0 else []
         for candidate in candidates:
+            if excess <= 0:
+                return
             if candidate is not served and candidate.evict():
                 self.forget(candidate)
+                excess -= 1
                 with self._lock:
                     self.evictions += 1
 

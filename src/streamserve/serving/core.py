@@ -1,8 +1,8 @@
 """ServingCore: the one transport-neutral façade that runtimes and the API call.
 
 Runtimes hand it model messages and decoded batches; it owns the slots, the loader and the
-event log. Scoring runs on the caller's thread (one scoring thread per core); loading runs on the
-loader's threads.
+event log. Scoring runs on the callers' threads (the runtime's, and the API's for V2 requests,
+possibly at once); loading runs on the loader's threads.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import itertools
 import threading
 import time
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,7 +27,7 @@ from streamserve.errors import (
     RejectedInput,
     ScoringError,
 )
-from streamserve.formats.base import FactoryContext, FloatMatrix, Model
+from streamserve.formats.base import FactoryContext, FloatMatrix, InputSpec, Model
 from streamserve.formats.cache import ArtifactCache
 from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.budget import LiveModels
@@ -35,14 +35,24 @@ from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.features import map_features, missing_features_error
 from streamserve.serving.loader import LoadJob, ModelLoader
 from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
-from streamserve.serving.slot import ModelSlot, ServedModel
+from streamserve.serving.output import PublishableOutput, publishable
+from streamserve.serving.slot import ModelSlot, Rejection, ServedModel
 from streamserve.settings import ServingSettings
 
 # Upper bounds of the batch-size histogram; the last bucket takes every larger batch.
 BATCH_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 1 << 62)
+MAX_KEYLESS_REJECTIONS = 1000
 
 
 class ServingCore:
+    """Serves every key's current model: takes model messages (loaded and validated off the
+    scoring path), scores decoded batches (one result or error per record), and keeps the
+    statistics, events and rejections that the API and the runtimes report.
+
+    Use it as a context manager, or call :meth:`close`, to stop its loader and close its
+    models.
+    """
+
     def __init__(self, settings: ServingSettings, registry: FactoryRegistry | None = None) -> None:
         self._settings = settings
         self._registry = registry or FactoryRegistry(
@@ -58,20 +68,30 @@ class ServingCore:
         )
         self._events = EventLog()
         self._slots: dict[str, ModelSlot] = {}
-        self._unloaded_at: dict[str, int] = {}  # key -> the sequence number of its unloading
+        # key -> the sequence number of its unloading; kept only while an older load is pending
+        self._unloaded_at: dict[str, int] = {}
+        # rejections of models for keys that have no slot: bounded, however many such keys
+        self._keyless_rejections: deque[Rejection] = deque(maxlen=MAX_KEYLESS_REJECTIONS)
+        self._loading: set[int] = set()  # sequence numbers of the models loading now
         self._slots_lock = threading.Lock()
         self._sequence = itertools.count()
         self.live_models = LiveModels(settings.max_live_models)
         self._loader = ModelLoader(
             self._registry,
             self._events,
-            self.slot,
+            self,
             model_roots=[Path(root) for root in settings.model_roots],
             threads=settings.loader_threads,
             live=self.live_models,
         )
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
+
+    def __enter__(self) -> ServingCore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # --- models --------------------------------------------------------------------------------
     def submit_model_message(self, payload: bytes, origin: str = "") -> ModelDescriptor | None:
@@ -100,7 +120,15 @@ class ServingCore:
 
     def submit_model(self, descriptor: ModelDescriptor, origin: str = "") -> None:
         self._count(model_messages=1)
-        self._loader.submit(LoadJob(descriptor, next(self._sequence), origin))
+        with self._slots_lock:  # sequence numbers in submission order, unloads included
+            sequence = next(self._sequence)
+            self._loading.add(sequence)
+        self._loader.submit(LoadJob(descriptor, sequence, origin))
+
+    def load_done(self, sequence: int) -> None:
+        """The loader finished (staged or rejected) the model submitted as ``sequence``."""
+        with self._slots_lock:
+            self._loading.discard(sequence)
 
     def wait_for_models(self, timeout_s: float | None = None) -> bool:
         """Waits until every submitted model is staged or rejected; False on timeout."""
@@ -115,7 +143,7 @@ class ServingCore:
 
     # --- slots ---------------------------------------------------------------------------------
     def slot(self, key: str) -> ModelSlot:
-        """The slot of ``key``, created on first use."""
+        """The slot of ``key``, created on first use (by a model that stages)."""
         with self._slots_lock:
             slot = self._slots.get(key)
             if slot is None:
@@ -135,6 +163,35 @@ class ServingCore:
         with self._slots_lock:
             return self._slots.get(key)
 
+    def reject(self, rejection: Rejection) -> None:
+        """Keeps a rejected model's reason: in its key's slot, or among the keyless ones."""
+        slot = self.find_slot(rejection.key)
+        if slot is not None:
+            slot.reject(rejection)
+            return
+        with self._slots_lock:
+            self._keyless_rejections.append(rejection)
+
+    def rejections_of(self, key: str) -> tuple[int, Rejection | None]:
+        """How many models were rejected for ``key`` (as far as kept) and the latest."""
+        slot = self.find_slot(key)
+        if slot is not None:
+            rejections = slot.rejections
+            return slot.rejected_total, rejections[-1] if rejections else None
+        with self._slots_lock:
+            kept = [rejection for rejection in self._keyless_rejections if rejection.key == key]
+        return len(kept), kept[-1] if kept else None
+
+    def footprint(self) -> dict[str, int]:
+        """The per-key state held: what must stay bounded, whatever keys the topics carry."""
+        with self._slots_lock:
+            return {
+                "slots": len(self._slots),
+                "unload_floors": len(self._unloaded_at),
+                "keyless_rejections": len(self._keyless_rejections),
+                "loading": len(self._loading),
+            }
+
     def unload(self, key: str, origin: str = "") -> bool:
         """Forgets ``key`` and closes its models; its records get ``no_model`` errors after.
 
@@ -142,7 +199,14 @@ class ServingCore:
         never comes back; one submitted after it serves the key again.
         """
         with self._slots_lock:
-            self._unloaded_at[key] = next(self._sequence)
+            floor = next(self._sequence)
+            oldest = min(self._loading, default=None)
+            # A floor matters only to loads submitted before it and still pending.
+            self._unloaded_at = {
+                k: f for k, f in self._unloaded_at.items() if oldest is not None and f > oldest
+            }
+            if oldest is not None:
+                self._unloaded_at[key] = floor
             slot = self._slots.pop(key, None)
         if slot is None:
             return False
@@ -150,15 +214,37 @@ class ServingCore:
         self._events.put(ModelEvent(ModelEventKind.UNLOADED, key, "", origin=origin))
         return True
 
+    def _no_model(self, key: str, slot: ModelSlot | None) -> NoModelError:
+        rejected, latest = self.rejections_of(key)
+        if latest is not None:
+            return NoModelError(
+                f"no model for key {key!r}: {rejected} rejected, latest {latest.name!r}: "
+                f"{latest.reason}"
+            )
+        return NoModelError(f"no model for key {key!r} yet")
+
     # --- scoring -------------------------------------------------------------------------------
-    def score(self, batch: DecodedBatch) -> BatchOutcome:
-        """Scores a decoded batch: one result or one error for every record, none lost."""
+    def score(self, batch: DecodedBatch, *, observe: bool = True) -> BatchOutcome:
+        """Scores a decoded batch: one result or one error for every record, none lost.
+
+        ``observe``: whether the records are the key's stream records, whose columns and rows
+        validate its next models (V2 requests are not: they may be shaped otherwise).
+        Nothing a model or a record does makes this raise: it becomes error records.
+        """
+        _check_shape(batch)
         outcome = BatchOutcome(batch.records)
         for row, error in batch.errors.items():
             outcome.errors.append(RecordError(row, error.kind, str(error)))
         with_gaps = _keys_with_gaps(batch)
         for key, rows in _group_rows(batch.keys).items():
-            self._score_key(key, rows, batch, outcome, complete=key not in with_gaps)
+            try:
+                self._score_key(
+                    key, rows, batch, outcome, complete=key not in with_gaps, observe=observe
+                )
+            except Exception as err:  # noqa: BLE001 - a defect must fail this key's rows only
+                outcome.drop_rows(rows)
+                reason = f"scoring the records of key {key!r} failed: {type(err).__name__}: {err}"
+                _fail_rows(outcome, rows, ScoringError(reason), key, None)
         kinds = Counter(f"errors.{error.kind}" for error in outcome.errors)
         bucket = BATCH_SIZE_BUCKETS[bisect_left(BATCH_SIZE_BUCKETS, len(batch))]
         size_bucket = f"batch_size_le.{bucket}"
@@ -171,6 +257,10 @@ class ServingCore:
             **kinds,
         )
         return outcome
+
+    def count_internal_error(self) -> None:
+        """Counts a record that failed in a way no step foresaw (the runtime's last resort)."""
+        self._count(records=1, errors=1, **{"errors.internal_error": 1})
 
     def _count(self, **increments: int) -> None:
         with self._counts_lock:
@@ -190,38 +280,52 @@ class ServingCore:
         outcome: BatchOutcome,
         *,
         complete: bool,
+        observe: bool,
     ) -> None:
         """Scores one key's rows; ``complete`` when none of them lacks a value (no NaN)."""
         slot = self._slots.get(key)
-        served, swapped = slot.model_for_batch() if slot is not None else (None, False)
+        if slot is None:
+            _fail_rows(outcome, rows, self._no_model(key, None), key, None)
+            return
         if complete:
             names, values = batch.feature_names, batch.values[rows]
         else:
             names, values = _columns_of(batch, rows)
-        if slot is not None:
+        if observe:
             slot.observe(names, values, self._settings.validation_rows)
-        if served is None:
-            _fail_rows(outcome, rows, _no_model(key, slot), key, None)
-            return
-        if swapped:
-            identity = served.identity
-            self._events.put(
-                ModelEvent(
-                    ModelEventKind.SWAPPED,
-                    key,
-                    identity.name,
-                    identity.version,
-                    load_duration_s=served.load_duration_s,
+        with slot.batch_model() as (served, swapped):
+            if served is None:
+                _fail_rows(outcome, rows, self._no_model(key, slot), key, None)
+                return
+            if swapped:
+                self._events.put(
+                    ModelEvent(
+                        ModelEventKind.SWAPPED,
+                        key,
+                        served.identity.name,
+                        served.identity.version,
+                        load_duration_s=served.load_duration_s,
+                    )
                 )
-            )
+            self._score_with(served, slot, rows, names, values, batch, outcome, complete)
+
+    def _score_with(
+        self,
+        served: ServedModel,
+        slot: ModelSlot,
+        rows: npt.NDArray[np.intp],
+        names: tuple[str, ...],
+        values: FloatMatrix,
+        batch: DecodedBatch,
+        outcome: BatchOutcome,
+        complete: bool,
+    ) -> None:
+        """Feeds the key's rows to ``served``: records that lack a feature (or carry one a
+        positional model cannot place) fail alone, the others are scored."""
+        key = slot.key
         try:
-            mapping = map_features(names, served.inputs)
-            if served.inputs.names is None and key in batch.unordered_keys:
-                raise MissingFeaturesError(
-                    f"model {served.identity.name!r} takes positional features, but the "
-                    f"{key!r} records carry named fields in differing orders; send a "
-                    "'features' list, or a model that names its inputs"
-                )
+            spec = self._input_spec(served, slot, names, batch.field_orders.get(key))
+            mapping = map_features(names, spec)
         except MissingFeaturesError as err:
             self._fail(outcome, rows, err, key, served)
             return
@@ -231,41 +335,135 @@ class ServingCore:
         features = values[:, mapping.columns]
         incomplete = None if complete else np.isnan(features).any(axis=1)
         if incomplete is not None and incomplete.any():
-            model_names = served.inputs.names or tuple(names[i] for i in mapping.columns)
+            model_names = spec.names or tuple(names[i] for i in mapping.columns)
             self._fail_incomplete(
                 outcome, rows[incomplete], features[incomplete], model_names, key, served
             )
-            rows, features = rows[~incomplete], features[~incomplete]
+            rows, values, features = rows[~incomplete], values[~incomplete], features[~incomplete]
+        if served.inputs.names is None:  # fields beyond the positional order: no place
+            kept = self._fail_extra_fields(outcome, rows, values, names, spec, served, key)
+            rows, features = rows[kept], features[kept]
         if len(rows):
-            self._score_rows(rows, features, key, served, outcome)
+            self._score_rows(rows, features, slot, served, outcome)
+
+    def _input_spec(
+        self,
+        served: ServedModel,
+        slot: ModelSlot,
+        names: tuple[str, ...],
+        field_order: tuple[str, ...] | None,
+    ) -> InputSpec:
+        """The model's inputs as names: a positional model takes the key's fixed field order
+        (fixed from its records the first time one serves it; shown in ``/keys``)."""
+        spec = served.inputs
+        if spec.names is not None:
+            return spec
+        order = slot.positional_order
+        if order is None:
+            candidate = field_order or names
+            if len(candidate) != spec.width:
+                raise MissingFeaturesError(
+                    f"model {served.identity.name!r} takes {spec.width} positional features, "
+                    f"the records carry {len(candidate)} ({', '.join(candidate) or 'none'})"
+                )
+            order = slot.fix_positional_order(candidate)
+        if len(order) != spec.width:
+            raise MissingFeaturesError(
+                f"model {served.identity.name!r} takes {spec.width} positional features, the "
+                f"records of key {slot.key!r} carry {len(order)} ({', '.join(order)})"
+            )
+        return InputSpec(spec.width, order)
+
+    def _fail_extra_fields(
+        self,
+        outcome: BatchOutcome,
+        rows: npt.NDArray[np.intp],
+        values: FloatMatrix,
+        names: tuple[str, ...],
+        spec: InputSpec,
+        served: ServedModel,
+        key: str,
+    ) -> npt.NDArray[np.bool_]:
+        """Fails the records carrying fields outside a positional model's order (where would
+        they go?); returns which of ``rows`` are kept."""
+        order = set(spec.names or ())
+        extra = [index for index, name in enumerate(names) if name not in order]
+        if not extra:
+            return np.ones(len(rows), dtype=bool)
+        carries = ~np.isnan(values[:, extra])
+        odd = carries.any(axis=1)
+        for position in np.flatnonzero(odd).tolist():
+            fields = [names[extra[i]] for i in np.flatnonzero(carries[position]).tolist()]
+            error = MissingFeaturesError(
+                f"record carries field(s) {', '.join(fields)} that the positional model "
+                f"{served.identity.name!r} has no place for (its key's fields: "
+                f"{', '.join(spec.names or ())})"
+            )
+            self._fail(outcome, rows[position : position + 1], error, key, served)
+        return np.asarray(~odd)
 
     def _score_rows(
         self,
         rows: npt.NDArray[np.intp],
         features: FloatMatrix,
-        key: str,
+        slot: ModelSlot,
         served: ServedModel,
         outcome: BatchOutcome,
     ) -> None:
+        key = slot.key
         started = time.perf_counter()
+        failed_before = len(outcome.errors)
         try:
             with served.instance() as model:
                 try:
-                    scored = _checked_output(model.score_batch(features), len(rows))
+                    checked = self._checked(model.score_batch(features), len(rows), served)
                 except Exception:  # noqa: BLE001 - isolate the failing records, one by one
                     rows, scored = self._score_one_by_one(
                         rows, features, key, served, model, outcome
                     )
+                else:
+                    rows, scored = self._fail_unpublishable(rows, checked, key, served, outcome)
         except ScoringError as err:  # the evicted instance could not be made again
             self._fail(outcome, rows, err, key, served)
-            return
+            rows = rows[:0]
         self.live_models.touch(served)
         elapsed = time.perf_counter() - started
         if len(rows):
+            served.consecutive_failures = 0
             served.stats.record_batch(len(rows), elapsed)
             outcome.groups.append(
                 ScoredGroup(key, served.identity, rows, scored, elapsed / len(rows))
             )
+        else:
+            served.consecutive_failures += len(outcome.errors) - failed_before
+            if served.consecutive_failures >= self._settings.quarantine_after_failures:
+                self._quarantine(slot, served, outcome.errors[-1].reason)
+
+    def _checked(self, output: object, rows: int, served: ServedModel) -> PublishableOutput:
+        """The output if it is publishable and of the model's value type; raises otherwise."""
+        checked = publishable(output, rows)
+        if checked.value_type != served.value_type:
+            raise ScoringError(
+                f"model returned {checked.value_type} values; it publishes {served.value_type}"
+            )
+        return checked
+
+    def _fail_unpublishable(
+        self,
+        rows: npt.NDArray[np.intp],
+        checked: PublishableOutput,
+        key: str,
+        served: ServedModel,
+        outcome: BatchOutcome,
+    ) -> tuple[npt.NDArray[np.intp], np.ndarray]:
+        if not checked.failed:
+            return rows, checked.values
+        for position, reason in checked.failed.items():
+            error = ScoringError(f"model {served.identity.name!r}: {reason}")
+            self._fail(outcome, rows[position : position + 1], error, key, served)
+        kept = np.ones(len(rows), dtype=bool)
+        kept[list(checked.failed)] = False
+        return rows[kept], checked.values[kept]
 
     def _score_one_by_one(
         self,
@@ -280,13 +478,17 @@ class ServingCore:
         values: list[np.ndarray] = []
         for position, row in enumerate(rows.tolist()):
             try:
-                value = _checked_output(model.score_batch(features[position : position + 1]), 1)
+                checked = self._checked(
+                    model.score_batch(features[position : position + 1]), 1, served
+                )
+                if checked.failed:
+                    raise ScoringError(checked.failed[0])
             except Exception as err:  # noqa: BLE001 - any model failure is this record's error
                 reason = f"model {served.identity.name!r} failed to score the record: {err}"
                 self._fail(outcome, np.array([row]), ScoringError(reason), key, served)
                 continue
             kept.append(row)
-            values.append(value)
+            values.append(checked.values)
         scored = np.concatenate(values) if values else np.empty(0)
         return np.asarray(kept, dtype=np.intp), scored
 
@@ -314,28 +516,45 @@ class ServingCore:
             absent = tuple(name for name, gone in zip(names, missing, strict=True) if gone)
             self._fail(outcome, np.array([row]), missing_features_error(absent), key, served)
 
+    def _quarantine(self, slot: ModelSlot, served: ServedModel, last_reason: str) -> None:
+        """Takes a model that keeps failing out of service; its previous model serves again."""
+        identity = served.identity
+        reason = (
+            f"quarantined after {served.consecutive_failures} records in a row failed to "
+            f"score; the last: {last_reason}"
+        )
+        rejection = Rejection(slot.key, identity.name, identity.version, "quarantined", reason)
+        taken, restored = slot.quarantine(served, rejection)
+        if not taken:
+            return  # another thread changed the key's model first
+        self._count(model_quarantines=1)
+        if restored is not None:
+            reason += f"; {restored.identity.name!r} serves again"
+        self._events.put(
+            ModelEvent(
+                ModelEventKind.QUARANTINED,
+                slot.key,
+                identity.name,
+                identity.version,
+                reason=reason,
+                error_kind="quarantined",
+            )
+        )
+
     def close(self) -> None:
         self._loader.close()
         for slot in self.slots():
             slot.close()
 
 
-PUBLISHABLE_KINDS = frozenset("biufUS")
-
-
-def _checked_output(output: object, rows: int) -> np.ndarray:
-    """The model's output if it has one number, string or vector of numbers per row."""
-    values = np.asarray(output)
-    if values.ndim == 0 or len(values) != rows:
-        raise ScoringError(
-            f"model returned {values.size if values.ndim == 0 else len(values)} "
-            f"outputs for {rows} records"
+def _check_shape(batch: DecodedBatch) -> None:
+    """A batch whose parts disagree on its length would lose records: a codec defect."""
+    rows = len(batch.records)
+    if len(batch.keys) != rows or batch.values.shape[0] != rows:
+        raise ValueError(
+            f"malformed batch from the codec: {rows} records, {len(batch.keys)} keys, "
+            f"{batch.values.shape[0]} rows of values"
         )
-    if values.dtype.kind == "O" and all(isinstance(v, str) for v in values.ravel().tolist()):
-        return values
-    if values.dtype.kind not in PUBLISHABLE_KINDS:
-        raise ScoringError(f"model returned values of type {values.dtype}, not numbers or strings")
-    return values
 
 
 def _columns_of(
@@ -370,17 +589,6 @@ def _group_rows(keys: Sequence[str | None]) -> dict[str, npt.NDArray[np.intp]]:
         if key is not None:
             groups.setdefault(key, []).append(row)
     return {key: np.asarray(rows, dtype=np.intp) for key, rows in groups.items()}
-
-
-def _no_model(key: str, slot: ModelSlot | None) -> NoModelError:
-    rejections = slot.rejections if slot is not None else []
-    if rejections:
-        latest = rejections[-1]
-        return NoModelError(
-            f"no model for key {key!r}: {slot.rejected_total if slot else 0} "
-            f"rejected, latest {latest.name!r}: {latest.reason}"
-        )
-    return NoModelError(f"no model for key {key!r} yet")
 
 
 def _fail_rows(

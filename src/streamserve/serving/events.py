@@ -1,5 +1,6 @@
-"""What happens to models, as events: the runtime publishes rejections to the errors output and
-the demo shows swaps. Produced by loader threads and the scoring thread; drained by the runtime.
+"""What happens to models, as events: the runtime publishes rejections and quarantines to the
+errors output and the demo shows swaps. Produced by loader and scoring threads; drained by the
+runtime.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ class ModelEventKind(enum.StrEnum):
     REJECTED = "model_rejected"  # did not become current; ``reason`` says why
     SUPERSEDED = "model_superseded"  # loaded after a newer model of its key: dropped
     UNLOADED = "model_unloaded"  # the key was unloaded (admin action, models-topic tombstone)
+    QUARANTINED = "model_quarantined"  # kept failing while serving: taken out, previous restored
 
 
 @dataclass(frozen=True)
 class ModelEvent:
+    """One thing that happened to a model of ``key``; ``reason`` says why when it failed."""
+
     kind: ModelEventKind
     key: str
     name: str

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -32,13 +33,8 @@ from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.budget import LiveModels
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.features import map_features
-from streamserve.serving.slot import (
-    ModelIdentity,
-    ModelSlot,
-    ObservedSchema,
-    Rejection,
-    ServedModel,
-)
+from streamserve.serving.output import VALUE_TYPE_OPTION, ValueType, check_probe
+from streamserve.serving.slot import ModelIdentity, ModelSlot, Rejection, ServedModel
 from streamserve.serving.stats import ModelServingInfo
 
 PROBE_ROWS = 2
@@ -52,12 +48,30 @@ class LoadJob:
     submitted_at: float = dataclasses.field(default_factory=time.monotonic)
 
 
+class SlotDirectory(Protocol):
+    """Where the loader finds and creates slots and reports what became of each load."""
+
+    def find_slot(self, key: str) -> ModelSlot | None: ...
+
+    def slot(self, key: str) -> ModelSlot: ...
+
+    def reject(self, rejection: Rejection) -> None: ...
+
+    def load_done(self, sequence: int) -> None: ...
+
+
 class ModelLoader:
+    """Loads and validates submitted models on its own threads, then stages or rejects each.
+
+    A key's slot is created only when one of its models stages: rejected models and
+    tombstones for keys nobody serves leave nothing behind but a bounded rejection record.
+    """
+
     def __init__(
         self,
         registry: FactoryRegistry,
         events: EventLog,
-        slot_for: Callable[[str], ModelSlot],
+        slots: SlotDirectory,
         *,
         model_roots: Sequence[Path] = (),
         threads: int = 1,
@@ -66,7 +80,7 @@ class ModelLoader:
         self._registry = registry
         self._live = live or LiveModels()
         self._events = events
-        self._slot_for = slot_for
+        self._slots = slots
         self._model_roots = tuple(model_roots)
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="model-loader")
         self._pending = 0
@@ -93,25 +107,26 @@ class ModelLoader:
         try:
             self._load_and_stage(job)
         finally:
+            self._slots.load_done(job.sequence)
             with self._idle:
                 self._pending -= 1
                 self._idle.notify_all()
 
     def _load_and_stage(self, job: LoadJob) -> None:
         descriptor = job.descriptor
-        slot = self._slot_for(descriptor.data_type)
+        key = descriptor.data_type
         started = time.perf_counter()
         try:
             artifact = self._artifact(descriptor)
             descriptor = _with_location_digest(descriptor, artifact)
             model = self._load(descriptor, artifact)
             try:
-                output_kind = validate(model, slot.observed_schema(), descriptor.name)
+                value_type = validate(model, self._slots.find_slot(key), descriptor)
             except BaseException:
                 model.close()
                 raise
         except Exception as err:  # noqa: BLE001 - plug-in factories may raise anything
-            self._reject(slot, job, err)
+            self._reject(key, job, err)
             return
         served = ServedModel(
             identity=_identity(descriptor, job.sequence),
@@ -124,14 +139,13 @@ class ModelLoader:
             ),
             load_duration_s=time.perf_counter() - started,
             submitted_at=job.submitted_at,
-            output_kind=output_kind,
+            value_type=value_type,
             reload=self._reloader(descriptor),
             on_release=self._live.forget,
         )
+        slot = self._slots.slot(key)
         staged = slot.stage(served)
-        if staged:
-            self._live.touch(served)
-        else:
+        if not staged:
             served.close()
         self._events.put(
             ModelEvent(
@@ -188,15 +202,15 @@ class ModelLoader:
                 )
         return PathArtifact(path)
 
-    def _reject(self, slot: ModelSlot, job: LoadJob, err: Exception) -> None:
+    def _reject(self, key: str, job: LoadJob, err: Exception) -> None:
         descriptor = job.descriptor
         kind = err.kind if isinstance(err, RejectedInput) else ModelLoadError.kind
         reason = str(err) or type(err).__name__
-        slot.reject(Rejection(slot.key, descriptor.name, descriptor.version_label, kind, reason))
+        self._slots.reject(Rejection(key, descriptor.name, descriptor.version_label, kind, reason))
         self._events.put(
             ModelEvent(
                 ModelEventKind.REJECTED,
-                slot.key,
+                key,
                 descriptor.name,
                 descriptor.version_label,
                 reason=reason,
@@ -223,16 +237,29 @@ def _identity(descriptor: ModelDescriptor, sequence: int) -> ModelIdentity:
     )
 
 
-def validate(model: Model, schema: ObservedSchema | None, name: str) -> str:
-    """Raises :class:`ModelValidationError` if ``model`` cannot serve the key's records.
+def validate(model: Model, slot: ModelSlot | None, descriptor: ModelDescriptor) -> ValueType:
+    """Raises :class:`ModelValidationError` if ``model`` cannot serve its key's records.
 
-    Returns the numpy dtype kind of the model's output on the probe batch.
+    The checks are serving's own: the inputs map onto the columns the key's records carry (a
+    positional model onto the key's fixed field order), and a probe batch (recent real rows of
+    the key, else zeros) scores into output that serving and encoding accept, of the key's value
+    type. Returns the model's value type.
     """
+    name = descriptor.name
     spec = model.inputs
     if spec.width <= 0:
         raise ModelValidationError(f"model {name!r} declares {spec.width} inputs")
+    schema = None if slot is None else slot.observed_schema()
     probe = np.zeros((PROBE_ROWS, spec.width))
     if schema is not None:
+        order = slot.positional_order if slot is not None else None
+        if spec.names is None and order is not None:
+            if len(order) != spec.width:
+                raise ModelValidationError(
+                    f"model {name!r} takes {spec.width} positional features; the records of "
+                    f"its key carry {len(order)} ({', '.join(order)})"
+                )
+            spec = InputSpec(spec.width, order)
         try:
             mapping = map_features(schema.feature_names, spec)
         except RejectedInput as err:
@@ -252,8 +279,10 @@ def validate(model: Model, schema: ObservedSchema | None, name: str) -> str:
         raise ModelValidationError(
             f"model {name!r} raised scoring a probe batch of {len(probe)} rows: {err}"
         ) from err
-    if len(output) != len(probe):
-        raise ModelValidationError(
-            f"model {name!r} returned {len(output)} outputs for a probe batch of {len(probe)} rows"
-        )
-    return str(np.asarray(output).dtype.kind)
+    return check_probe(
+        output,
+        len(probe),
+        name=name,
+        declared=descriptor.options.get(VALUE_TYPE_OPTION),
+        key_type=None if slot is None else slot.value_type,
+    )

@@ -40,6 +40,12 @@ class BatchOutcome:
     groups: list[ScoredGroup] = field(default_factory=list)
     errors: list[RecordError] = field(default_factory=list)
 
+    def drop_rows(self, rows: npt.NDArray[np.intp]) -> None:
+        """Forgets every outcome of ``rows`` (their scoring failed midway: they fail again)."""
+        dropped = set(rows.tolist())
+        self.errors = [error for error in self.errors if error.row not in dropped]
+        self.groups = [group for group in self.groups if dropped.isdisjoint(group.rows.tolist())]
+
     @property
     def result_count(self) -> int:
         return sum(len(group.rows) for group in self.groups)

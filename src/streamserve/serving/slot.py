@@ -1,27 +1,38 @@
 """ModelSlot: the current, staged and previous model of one key (data type).
 
-Loader threads stage models; the scoring thread takes the model for each batch with
-:meth:`ModelSlot.model_for_batch`, which promotes a staged model first. So a swap happens only
-at a batch boundary: a batch is scored by one model from its first record to its last.
+Loader threads stage models; every thread that scores (the runtime's, and the API's for V2
+requests) takes the model for a batch with :meth:`ModelSlot.batch_model`, which promotes a staged
+model first. So a swap happens only at a batch boundary: a batch is scored by one model from its
+first record to its last, and that model is not closed while the batch uses it.
 
-Each submitted model carries a sequence number; a model is staged only if it is newer than the
-slot's current and staged ones, so a slow load of an older model can never replace a newer one.
+Each submitted model carries a sequence number; a model is staged only if it is newer than every
+model staged in the slot before, so a slow load of an older model can never replace a newer one.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamserve.errors import ScoringError
+from streamserve.errors import NothingToRollBackError, ScoringError
 from streamserve.formats.base import FloatMatrix, InputSpec, Model
+from streamserve.serving.output import ValueType
 from streamserve.serving.stats import ModelServingInfo, ServingInfoSnapshot
+
+
+class ModelRole(enum.StrEnum):
+    """What a model is to its key."""
+
+    CURRENT = "current"
+    STAGED = "staged"
+    PREVIOUS = "previous"
 
 
 @dataclass(frozen=True)
@@ -38,10 +49,14 @@ class ModelIdentity:
 class ServedModel:
     """A model of a key with its identity and statistics; its instance may come and go.
 
+    Several threads may score with it at once (the runtime's, and the API's for V2 requests):
+    each holds it through :meth:`acquire`/:meth:`release` or :meth:`instance`. Retiring it (a
+    swap, an unload, a quarantine) closes the instance only once its last user releases it, so
+    a batch that took a model is scored by that model to its last record.
+
     With a live-model budget, an idle instance is evicted (closed) and made again from the
     model's bytes by ``reload`` on its next use; without one, the instance lives until the model
-    is retired. Scoring holds the instance through :meth:`instance`, so it is never evicted while
-    in use.
+    is retired.
     """
 
     def __init__(
@@ -52,7 +67,7 @@ class ServedModel:
         load_duration_s: float,
         *,
         submitted_at: float | None = None,
-        output_kind: str = "O",
+        value_type: ValueType = ValueType.NUMBER,
         reload: Callable[[], Model] | None = None,
         on_release: Callable[[ServedModel], None] | None = None,
     ) -> None:
@@ -62,36 +77,56 @@ class ServedModel:
         self.load_duration_s = load_duration_s
         self.submitted_at = time.monotonic() if submitted_at is None else submitted_at
         self.swap_delay_s: float | None = None  # from submission to serving its first batch
-        self.output_kind = output_kind  # numpy dtype kind of its output, seen in validation
+        self.value_type = value_type  # seen in validation; every batch must publish this type
         self.reloads = 0
+        self.consecutive_failures = 0  # records failed since its last scored record
         self._model: Model | None = model
         self._reload = reload
         self._on_release = on_release
         self._lock = threading.Lock()
         self._users = 0
-        self._closed = False
+        self._retired = False
 
     @property
     def live(self) -> bool:
         """Whether the instance is in memory now."""
         return self._model is not None
 
+    @property
+    def retired(self) -> bool:
+        """Whether the model left its slot: it takes no new users and is never made again."""
+        return self._retired
+
+    def acquire(self) -> None:
+        """Counts a user: the instance is neither evicted nor closed until it releases."""
+        with self._lock:
+            self._users += 1
+
+    def release(self) -> None:
+        with self._lock:
+            self._users -= 1
+            closing = self._retired and self._users == 0
+            model = self._model if closing else None
+            if closing:
+                self._model = None
+        if model is not None:
+            model.close()
+
     @contextmanager
     def instance(self) -> Iterator[Model]:
         """The live instance, made again first if it was evicted; held while the block runs."""
-        with self._lock:
-            if self._model is None:
-                self._model = self._instantiate_again()
-            self._users += 1
-            model = self._model
+        self.acquire()
         try:
+            with self._lock:
+                if self._model is None:
+                    self._model = self._instantiate_again()
+                model = self._model
             yield model
         finally:
-            with self._lock:
-                self._users -= 1
+            self.release()
 
     def _instantiate_again(self) -> Model:
-        if self._closed or self._reload is None:
+        if self._retired or self._reload is None:
             raise ScoringError(f"model {self.identity.name!r} was retired")
         try:
             model = self._reload()
@@ -106,20 +141,23 @@ class ServedModel:
     def evict(self) -> bool:
         """Closes the instance if it is idle and can be made again; returns whether it was."""
         with self._lock:
-            if self._users or self._model is None or self._reload is None:
+            if self._users or self._model is None or self._reload is None or self._retired:
                 return False
             model, self._model = self._model, None
         model.close()
         return True
 
     def close(self) -> None:
+        """Retires the model: closed now if nobody uses it, else when its last user releases."""
         with self._lock:
-            self._closed = True
-            model, self._model = self._model, None
+            self._retired = True
+            model = self._model if self._users == 0 else None
+            if model is not None:
+                self._model = None
+        if self._on_release is not None:
+            self._on_release(self)  # out of the live-model budget at once
         if model is not None:
             model.close()
-        if self._on_release is not None:
-            self._on_release(self)
 
 
 @dataclass(frozen=True)
@@ -146,37 +184,47 @@ class ObservedSchema:
 
 
 class ModelSlot:
+    """The models of one key: current, staged (loaded and validated, current at the key's next
+    batch) and previous (for rollback), their statistics, recent rejections, and what the key's
+    records look like (their columns, a few rows to probe new models, the column order that
+    feeds positional models).
+
+    Ordering comes from sequence numbers given at submission, never from when a load finishes:
+    a model stages only if it is newer than every model that staged here before (``_newest``), so
+    a slow load of an older model never becomes current, rollbacks included.
+    """
+
     def __init__(
         self, key: str, max_rejections: int = 20, max_history: int = 20, *, floor: int = -1
     ) -> None:
         self.key = key
-        self._floor = floor  # models submitted at or before this sequence never stage here
+        self._newest = floor  # sequence of the newest model staged here (or of the unloading)
         self._closed = False
         self._lock = threading.Lock()
-        self._history: deque[ServingInfoSnapshot] = deque(maxlen=max_history)
+        self._max_history = max_history
+        self._history: OrderedDict[int, ServingInfoSnapshot] = OrderedDict()
         self._current: ServedModel | None = None
         self._staged: ServedModel | None = None
         self._previous: ServedModel | None = None
         self._rejections: deque[Rejection] = deque(maxlen=max_rejections)
         self._rejected_total = 0
+        self._quarantined_total = 0
         self._schema: ObservedSchema | None = None
         self._observed_at = 0.0
+        self._positional_order: tuple[str, ...] | None = None
         self._pinned = False
 
     # --- loader side -------------------------------------------------------------------------
     def stage(self, served: ServedModel) -> bool:
-        """Stages ``served`` unless a newer model is current or staged, or the key was unloaded
+        """Stages ``served`` unless a newer model staged here before, or the key was unloaded
         after ``served`` was submitted; returns whether it was staged."""
         with self._lock:
-            newest = max(
-                (m.identity.sequence for m in (self._current, self._staged) if m is not None),
-                default=-1,
-            )
-            if self._closed or served.identity.sequence <= max(newest, self._floor):
+            if self._closed or served.identity.sequence <= self._newest:
                 return False
+            self._newest = served.identity.sequence
             superseded, self._staged = self._staged, served
         if superseded is not None:
-            superseded.close()  # never served: no thread holds it
+            superseded.close()
         return True
 
     def reject(self, rejection: Rejection) -> None:
@@ -188,21 +236,70 @@ class ModelSlot:
         with self._lock:
             return self._schema
 
-    # --- scoring side (one thread) -----------------------------------------------------------
-    def model_for_batch(self) -> tuple[ServedModel | None, bool]:
-        """The model to score the next batch with, and whether it was just swapped in."""
+    @property
+    def value_type(self) -> ValueType | None:
+        """The type of the values the key publishes: its staged model's, else its current's."""
+        served = self._staged or self._current
+        return None if served is None else served.value_type
+
+    # --- scoring side --------------------------------------------------------------------------
+    @contextmanager
+    def batch_model(self) -> Iterator[tuple[ServedModel | None, bool]]:
+        """The model to score the next batch with (held until the block ends), and whether it
+        was just swapped in. A staged model becomes current here: at a batch boundary."""
         with self._lock:
-            if self._staged is None or self._pinned:
-                return self._current, False
-            staged, self._staged = self._staged, None
-            retired, self._previous, self._current = self._previous, self._current, staged
-            if self._previous is not None:
-                self._history.append(self._previous.stats.snapshot())
-        staged.stats.mark_current()
-        staged.swap_delay_s = time.monotonic() - staged.submitted_at
+            served, retired, swapped = self._promote()
+            if served is not None:
+                served.acquire()
         if retired is not None:
             retired.close()
-        return staged, True
+        if swapped and served is not None:
+            served.stats.mark_current()
+            served.swap_delay_s = time.monotonic() - served.submitted_at
+        try:
+            yield served, swapped
+        finally:
+            if served is not None:
+                served.release()
+
+    def _promote(self) -> tuple[ServedModel | None, ServedModel | None, bool]:
+        """Under the lock: (current model, model retired by a swap, whether it swapped)."""
+        if self._staged is None or self._pinned:
+            return self._current, None, False
+        staged, self._staged = self._staged, None
+        retired, self._previous, self._current = self._previous, self._current, staged
+        if self._previous is not None:
+            self._remember(self._previous)
+        return staged, retired, True
+
+    def _remember(self, served: ServedModel) -> None:
+        """Keeps the statistics of a model that stopped being current (once, the latest)."""
+        sequence = served.identity.sequence
+        self._history.pop(sequence, None)
+        self._history[sequence] = served.stats.snapshot()
+        while len(self._history) > self._max_history:
+            self._history.popitem(last=False)
+
+    def quarantine(
+        self, served: ServedModel, rejection: Rejection
+    ) -> tuple[bool, ServedModel | None]:
+        """Takes ``served`` out of service because it keeps failing: the previous model becomes
+        current again. Returns whether ``served`` was taken out (only if it was still current)
+        and the model that serves now (``None`` if there was no previous one)."""
+        with self._lock:
+            if self._current is not served:
+                return False, None
+            self._remember(served)
+            restored, self._current, self._previous = self._previous, self._previous, None
+            if restored is not None:
+                self._history.pop(restored.identity.sequence, None)
+            self._rejections.append(rejection)
+            self._rejected_total += 1
+            self._quarantined_total += 1
+        served.close()
+        if restored is not None:
+            restored.stats.mark_current()
+        return True, restored
 
     def observe(self, feature_names: tuple[str, ...], rows: FloatMatrix, keep: int) -> None:
         """Remembers the latest records' columns and up to ``keep`` of their complete rows.
@@ -229,18 +326,38 @@ class ModelSlot:
             self._schema = ObservedSchema(feature_names, complete.copy())
             self._observed_at = now
 
+    @property
+    def positional_order(self) -> tuple[str, ...] | None:
+        """The record fields that feed a positional model, in its input order, once fixed."""
+        return self._positional_order
+
+    def fix_positional_order(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """Fixes the key's positional order to ``names`` unless one is fixed; returns the order.
+
+        Fixed once for the key (until it is unloaded): records that name their fields feed a
+        positional model by name in this order, so another field order scores the same."""
+        with self._lock:
+            if self._positional_order is None:
+                self._positional_order = names
+            return self._positional_order
+
     # --- admin -------------------------------------------------------------------------------
     def rollback(self) -> ServedModel:
         """Makes the previous model current again (and the current one previous).
 
         A staged model that waited for the next batch is dropped: the operator's choice wins
-        until the next model arrives. Raises LookupError when there is nothing to roll back to.
+        until the next model arrives. Raises :class:`NothingToRollBackError` when there is no
+        previous model.
         """
         with self._lock:
             if self._previous is None or self._current is None:
-                raise LookupError(f"key {self.key!r} has no previous model to roll back to")
+                raise NothingToRollBackError(
+                    f"key {self.key!r} has no previous model to roll back to"
+                )
             dropped, self._staged = self._staged, None
             self._current, self._previous = self._previous, self._current
+            self._history.pop(self._current.identity.sequence, None)
+            self._remember(self._previous)
             restored = self._current
         restored.stats.mark_current()
         if dropped is not None:
@@ -269,22 +386,36 @@ class ModelSlot:
     def previous(self) -> ServedModel | None:
         return self._previous
 
+    def models(self) -> list[tuple[ModelRole, ServedModel]]:
+        """The models held, with their roles: current, staged, previous (those present)."""
+        held = ((ModelRole.CURRENT, self._current), (ModelRole.STAGED, self._staged))
+        return [
+            (role, served)
+            for role, served in (*held, (ModelRole.PREVIOUS, self._previous))
+            if served is not None
+        ]
+
     @property
     def rejections(self) -> list[Rejection]:
         with self._lock:
             return list(self._rejections)
 
     def served_history(self) -> list[ServingInfoSnapshot]:
-        """Final statistics of the models this key served before its current one, oldest first."""
+        """Final statistics of the models that served this key and are not current now, each
+        once, in the order they stopped serving (oldest first)."""
         with self._lock:
-            return list(self._history)
+            return list(self._history.values())
 
     @property
     def rejected_total(self) -> int:
         return self._rejected_total
 
+    @property
+    def quarantined_total(self) -> int:
+        return self._quarantined_total
+
     def close(self) -> None:
-        """Closes the slot's models; nothing stages in it after."""
+        """Closes the slot's models (each once its users release it); nothing stages after."""
         with self._lock:
             self._closed = True
             models = [self._current, self._staged, self._previous]

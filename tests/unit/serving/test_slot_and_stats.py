@@ -19,15 +19,21 @@ def served(name: str, sequence: int) -> ServedModel:
     )
 
 
+def take(slot: ModelSlot) -> tuple[ServedModel | None, bool]:
+    """The model a batch would be scored with (promoting a staged one), released at once."""
+    with slot.batch_model() as taken:
+        return taken
+
+
 def test_staged_model_becomes_current_at_the_next_batch_and_the_old_one_is_kept() -> None:
     slot = ModelSlot("k")
     first, second = served("first", 1), served("second", 2)
     assert slot.stage(first)
-    assert slot.model_for_batch() == (first, True)
-    assert slot.model_for_batch() == (first, False)
+    assert take(slot) == (first, True)
+    assert take(slot) == (first, False)
     assert slot.stage(second)
     assert slot.current is first, "a staged model must wait for the batch boundary"
-    assert slot.model_for_batch() == (second, True)
+    assert take(slot) == (second, True)
     assert slot.previous is first
     assert second.stats.snapshot().since > 0
 
@@ -37,23 +43,25 @@ def test_an_older_model_never_replaces_a_newer_one() -> None:
     newer, older = served("newer", 5), served("older", 3)
     assert slot.stage(newer)
     assert not slot.stage(older)
-    assert slot.model_for_batch()[0] is newer
+    assert take(slot)[0] is newer
 
 
 def test_a_superseded_staged_model_and_a_retired_model_are_closed() -> None:
     slot = ModelSlot("k")
     models = [served(f"m{i}", i) for i in range(4)]
     slot.stage(models[0])
-    slot.model_for_batch()
+    take(slot)
     slot.stage(models[1])
     slot.stage(models[2])  # supersedes m1 before it ever served
     assert not models[1].live
-    slot.model_for_batch()
+    take(slot)
     slot.stage(models[3])
-    slot.model_for_batch()  # m3 current, m2 previous, m0 retired
+    take(slot)  # m3 current, m2 previous, m0 retired
     assert not models[0].live
     assert models[2].live
     assert [s.name for s in slot.served_history()] == ["m0", "m2"]
+    slot.rollback()  # m2 current again: out of the history; m3 in it
+    assert [s.name for s in slot.served_history()] == ["m0", "m3"]
 
 
 def test_rejections_are_kept_boundedly_and_counted() -> None:
