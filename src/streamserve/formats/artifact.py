@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from streamserve.errors import ModelLoadError
-from streamserve.formats.cache import ArtifactCache
+from streamserve.formats.cache import ArtifactCache, LeasedDirectory, unpack_to_scratch
 
 MAX_UNPACKED_BYTES = 4 * 1024**3
 
@@ -119,25 +118,20 @@ def _check_size(total: int) -> None:
 
 def materialize_directory(
     artifact: Artifact, cache: ArtifactCache | None = None
-) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+) -> LeasedDirectory:
     """A directory holding the artifact: the path itself, or an archive unpacked (into the cache
     when there is one, else into a temporary directory).
 
-    The caller owns the returned temporary directory (``None`` when nothing needs cleaning up).
+    The caller closes the result once it no longer reads the directory: that removes a temporary
+    directory, and lets the cache prune its entry.
     """
     if isinstance(artifact, PathArtifact):
         if not artifact.path.is_dir():
             raise ModelLoadError(f"location {artifact.path} is not a directory")
-        return artifact.path, None
+        return LeasedDirectory(artifact.path)
     if cache is not None:
-        return cache.unpacked(artifact.data, unpack_archive), None
-    scratch = tempfile.TemporaryDirectory(prefix="streamserve-model-")
-    try:
-        unpack_archive(artifact.data, Path(scratch.name))
-    except ModelLoadError:
-        scratch.cleanup()
-        raise
-    return Path(scratch.name), scratch
+        return cache.unpacked(artifact.data, unpack_archive)
+    return unpack_to_scratch(artifact.data, unpack_archive)
 
 
 def pack_directory(directory: Path) -> bytes:

@@ -7,8 +7,9 @@ positional then. A multi-class model gives class scores (AUTO: the class index).
 LightGBM (4.7) aborts the whole process on some malformed models (``std::terminate`` while
 parsing trees), which no exception handler can catch. So a model's text is first parsed by a
 short-lived child process, and loaded here only if that succeeds: a corrupt model is rejected,
-never a crash. This costs about a second per load, off the scoring path; with an artifact cache,
-a model that passed once (in any process sharing the cache) is not checked again.
+never a crash. This costs about a second per load, off the scoring path, so a text that passed
+is not checked again: the factory remembers the digests of the last texts that passed (an evicted
+model is re-made from the same bytes), and with an artifact cache so does every process sharing it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from streamserve.descriptor import OutputRule
@@ -29,8 +32,10 @@ from streamserve.formats.base import (
     RuledModel,
     import_optional,
 )
+from streamserve.formats.cache import bytes_digest
 
 _GENERATED_NAME = re.compile(r"Column_\d+")
+REMEMBERED_PASSES = 10_000  # hex digests: about 1.8 MB when full
 
 
 def _lightgbm() -> Any:
@@ -53,10 +58,15 @@ class LightGBMModel(RuledModel):
 
 
 class LightGBMFactory:
+    """Loads LightGBM text models, each checked once in a child process before it is parsed here."""
+
     format_name = "lightgbm"
 
-    def __init__(self, context: FactoryContext) -> None:
+    def __init__(
+        self, context: FactoryContext, *, remembered_passes: int = REMEMBERED_PASSES
+    ) -> None:
         self._context = context
+        self._passed = _RecentDigests(remembered_passes)
 
     def load(self, request: LoadRequest) -> Model:
         lightgbm = _lightgbm()
@@ -66,11 +76,7 @@ class LightGBMFactory:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             raise ModelLoadError(f"{where}: not a LightGBM text model (not UTF-8)") from err
-        cache = self._context.cache
-        if cache is None or not cache.has_passed(PARSE_CHECK, data):
-            _check_in_child_process(text, where)
-            if cache is not None:
-                cache.record_pass(PARSE_CHECK, data)
+        self._check_once(data, text, where)
         try:
             booster = lightgbm.Booster(model_str=text)
         except Exception as err:
@@ -78,6 +84,41 @@ class LightGBMFactory:
                 f"{where} from {request.artifact.describe()} cannot be loaded: {err}"
             ) from err
         return LightGBMModel(booster, self._context.threads_per_model, request.output, request.name)
+
+    def _check_once(self, data: bytes, text: str, where: str) -> None:
+        """Checks ``text`` in a child process unless it passed before, here or in the cache."""
+        digest = bytes_digest(data)
+        if self._passed.remembers(digest):
+            return
+        cache = self._context.cache
+        if cache is None or not cache.has_passed(PARSE_CHECK, data):
+            _check_in_child_process(text, where)
+            if cache is not None:
+                cache.record_pass(PARSE_CHECK, data)
+        self._passed.add(digest)
+
+
+class _RecentDigests:
+    """The last ``capacity`` digests added, safe to share between loader threads."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._digests: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def remembers(self, digest: str) -> bool:
+        with self._lock:
+            if digest not in self._digests:
+                return False
+            self._digests.move_to_end(digest)  # the models in use stay remembered
+            return True
+
+    def add(self, digest: str) -> None:
+        with self._lock:
+            self._digests[digest] = None
+            self._digests.move_to_end(digest)
+            while len(self._digests) > self._capacity:
+                self._digests.popitem(last=False)
 
 
 PARSE_CHECK = "lightgbm-parse"

@@ -10,7 +10,6 @@ from a directory ``location`` or as inline data holding a tar or zip archive of 
 
 from __future__ import annotations
 
-import tempfile
 import threading
 from typing import Any
 
@@ -26,6 +25,7 @@ from streamserve.formats.base import (
     RuledModel,
     import_optional,
 )
+from streamserve.formats.cache import LeasedDirectory
 
 _import_lock = threading.Lock()
 
@@ -53,13 +53,14 @@ class TensorFlowModel(RuledModel):
         name: str,
         *,
         owner: Any = None,
-        scratch: tempfile.TemporaryDirectory[str] | None = None,
+        directory: LeasedDirectory | None = None,
     ) -> None:
         super().__init__(InputSpec(width=width), output, name)
         self._tf = tf
         self._function = function
         self._owner = owner  # a SavedModel's signatures need the loaded object alive
-        self._scratch = scratch
+        # Held while the model lives: TF may read the directory after the load (assets).
+        self._directory = directory
 
     def raw_output(self, features: FloatMatrix) -> Any:
         return self._function(self._tf.constant(features, dtype=self._tf.float32))
@@ -67,9 +68,9 @@ class TensorFlowModel(RuledModel):
     def close(self) -> None:
         self._function = None
         self._owner = None
-        if self._scratch is not None:
-            self._scratch.cleanup()
-            self._scratch = None
+        if self._directory is not None:
+            self._directory.close()
+            self._directory = None
 
 
 def _feature_width(shape: Any, where: str) -> int:
@@ -169,11 +170,11 @@ class SavedModelFactory:
         tf = _tensorflow(self._context)
         where = f"TensorFlow SavedModel {request.name!r}"
         try:
-            directory, scratch = materialize_directory(request.artifact, self._context.cache)
+            directory = materialize_directory(request.artifact, self._context.cache)
         except ModelLoadError as err:
             raise ModelLoadError(f"{where}: {err}") from err
         try:
-            loaded = tf.saved_model.load(str(directory))
+            loaded = tf.saved_model.load(str(directory.path))
             signature = _pick(request.options, "signature", list(loaded.signatures.keys()), where)
             function = loaded.signatures[signature]
             input_specs = function.structured_input_signature[1]
@@ -181,12 +182,10 @@ class SavedModelFactory:
             output_key = _pick(request.options, "output", list(function.structured_outputs), where)
             width = _feature_width(input_specs[input_key].shape.as_list(), where)
         except ModelLoadError:
-            if scratch is not None:
-                scratch.cleanup()
+            directory.close()
             raise
         except Exception as err:  # TF raises many types for unreadable or foreign directories
-            if scratch is not None:
-                scratch.cleanup()
+            directory.close()
             raise ModelLoadError(
                 f"{where} from {request.artifact.describe()} cannot be loaded: {err}"
             ) from err
@@ -195,7 +194,7 @@ class SavedModelFactory:
             return function(**{input_key: tensor})[output_key]
 
         return TensorFlowModel(
-            tf, score, width, request.output, request.name, owner=loaded, scratch=scratch
+            tf, score, width, request.output, request.name, owner=loaded, directory=directory
         )
 
 
