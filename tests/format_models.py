@@ -12,6 +12,7 @@ import pandas as pd
 
 from streamserve.codecs.protobuf import WINE_FEATURES
 from streamserve.descriptor import ModelType
+from streamserve.formats.torch import import_torch
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class TrainedModel:
 
 
 def torch_net(matrix: np.ndarray):
-    import torch
+    torch = import_torch()
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(11, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
@@ -45,7 +46,7 @@ def torch_net(matrix: np.ndarray):
 
 
 def torch_export(matrix: np.ndarray) -> TrainedModel:
-    import torch
+    torch = import_torch()
 
     net, example, predict = torch_net(matrix)
     program = torch.export.export(net, (example,), dynamic_shapes=({0: torch.export.Dim("rows")},))
@@ -55,7 +56,7 @@ def torch_export(matrix: np.ndarray) -> TrainedModel:
 
 
 def torch_script(matrix: np.ndarray) -> TrainedModel:
-    import torch
+    torch = import_torch()
 
     net, example, predict = torch_net(matrix)
     buffer = io.BytesIO()

@@ -137,3 +137,45 @@ def test_pmml_and_pytorch_models_load_in_one_process_in_either_order(wine_dir: P
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert done.returncode == 0, (done.stdout + done.stderr).decode()[-3000:]
+
+
+def test_a_pytorch_model_after_a_tensorflow_model_does_not_crash_the_process(
+    wine_dir: Path,
+) -> None:
+    """torch imports triton when it is installed; triton loaded after TensorFlow crashed the
+    process (a segmentation fault). The torch format keeps triton out."""
+    script = textwrap.dedent(f"""
+        import io, sys
+        from pathlib import Path
+        from streamserve.descriptor import ModelDescriptor, ModelType
+        from streamserve.formats.torch import import_torch
+        from streamserve.serving.core import ServingCore
+        from streamserve.settings import ServingSettings
+
+        core = ServingCore(ServingSettings())
+        graph = Path({str(wine_dir / "optimized_WineQuality.pb")!r}).read_bytes()
+        core.submit_model(ModelDescriptor(name="tf", data_type="a",
+                                          model_type=ModelType.TENSORFLOW, data=graph))
+        assert core.wait_for_models(120)
+        assert "tensorflow" in sys.modules
+        torch = import_torch()
+        program = torch.export.export(torch.nn.Linear(11, 1), (torch.zeros(2, 11),),
+                                      dynamic_shapes=({{0: torch.export.Dim("rows")}},))
+        buffer = io.BytesIO()
+        torch.export.save(program, buffer)
+        core.submit_model(ModelDescriptor(name="torch", data_type="b",
+                                          model_type=ModelType.PYTORCH, data=buffer.getvalue()))
+        assert core.wait_for_models(120)
+        events = [(e.name, e.kind.value, e.reason) for e in core.drain_events()]
+        core.close()
+        print(events)
+        sys.exit(0 if [k for _, k, _ in events] == ["model_staged"] * 2 else 1)
+    """)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr).decode()[-3000:]

@@ -6,11 +6,18 @@ exported program's input shape, else the input width of the first 2-D weight (a 
 module's first layer). Option ``format`` (``export`` or ``torchscript``) skips detection.
 Neither loader runs arbitrary Python: export programs load weights-only, TorchScript runs
 TorchScript code.
+
+torch imports triton (its GPU kernel compiler) whenever triton is installed, as it is beside
+PyPI's Linux wheels; loaded after TensorFlow, triton's LLVM crashes the process (seen with
+tensorflow-cpu 2.21 and triton 3.7). CPU inference never uses it, so :func:`import_torch` keeps
+triton from loading in a process that serves PyTorch models.
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import io
+import sys
 import threading
 from typing import Any
 
@@ -32,8 +39,26 @@ _threads_lock = threading.Lock()
 FORMATS = ("export", "torchscript")
 
 
+class _TritonRefused(importlib.abc.MetaPathFinder):
+    """Answers ``import triton`` with ModuleNotFoundError, so torch takes it as absent."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        if fullname.partition(".")[0] == "triton":
+            raise ModuleNotFoundError(f"streamserve runs torch on the CPU without {fullname}")
+
+
+def import_torch() -> Any:
+    """torch for CPU inference, with triton kept out of the process (see the module's doc)."""
+    with _threads_lock:
+        if "triton" not in sys.modules and not any(
+            isinstance(finder, _TritonRefused) for finder in sys.meta_path
+        ):
+            sys.meta_path.insert(0, _TritonRefused())
+    return import_optional("torch", "for PyTorch models", "torch")
+
+
 def _torch(context: FactoryContext) -> Any:
-    torch = import_optional("torch", "for PyTorch models", "torch")
+    torch = import_torch()
     with _threads_lock:
         if torch.get_num_threads() != context.threads_per_model:
             torch.set_num_threads(context.threads_per_model)
