@@ -84,7 +84,7 @@ def test_serve_scores_a_data_file_with_models_from_a_folder(tmp_path: Path, wine
     assert [(r["key"], r["model"]) for r in scored] == [("wine", "tree")] * 50 + [
         ("beer", "constant")
     ] * 5
-    assert {r["value"] for r in scored[:50]} <= {"3", "4", "5", "6", "7", "8"}
+    assert {r["value"] for r in scored[:50]} <= {3, 4, 5, 6, 7, 8}
     assert [r["value"] for r in scored[50:]] == [7.0] * 5
     assert [(e["kind"], e["position"], e["input"]) for e in failed] == [
         ("undecodable_record", "records.jsonl:56", "{not json")

@@ -62,5 +62,5 @@ consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
         results = [orjson.loads(m.value()) for m in broker.read_all("results")]
     assert len(results) == 50
     assert {r["model"] for r in results} == {"tree"}
-    assert {r["value"] for r in results} <= {"3", "4", "5", "6", "7", "8"}
+    assert {r["value"] for r in results} <= {3, 4, 5, 6, 7, 8}
     assert "50 records, 50 results, 0 errors" in done.stderr.decode()

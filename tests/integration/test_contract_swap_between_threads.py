@@ -148,3 +148,20 @@ def test_v2_inference_with_zero_rows_answers_with_zero_outputs() -> None:
     assert response["outputs"][0]["shape"] == [0]
     assert response["outputs"][0]["datatype"] == "FP64"
     assert response["parameters"] == {"model": "m"}
+
+
+def test_a_v2_request_before_any_stream_record_does_not_fix_the_positional_order() -> None:
+    core = ServingCore(ServingSettings())
+    with core:
+        core.submit_model(onnx_descriptor("positional", onnx_constant(2, 1.0), key="k"))
+        assert core.wait_for_models(60)
+        request = {
+            "inputs": [{"name": "input", "shape": [1, 2], "datatype": "FP64", "data": [1, 2]}]
+        }
+        assert v2.infer(core, "k", request)["outputs"][0]["data"] == [1.0]
+        slot = core.find_slot("k")
+        assert slot is not None
+        assert slot.positional_order is None
+        stream = [orjson.dumps({"dataType": "k", "alpha": 1.0, "beta": 2.0})] * 2
+        assert core.score(JsonCodec().decode(records_from(stream))).error_count == 0
+        assert slot.positional_order == ("alpha", "beta")

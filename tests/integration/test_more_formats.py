@@ -72,4 +72,4 @@ def test_a_positional_model_refuses_named_fields_in_differing_orders(
     )
     assert run.results == []
     assert {e["kind"] for e in run.errors} == {"missing_features"}
-    assert "named fields in differing orders" in run.errors[0]["reason"]
+    assert "name their fields in differing orders, none carried by most" in run.errors[0]["reason"]

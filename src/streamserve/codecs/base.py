@@ -59,9 +59,10 @@ class DecodedBatch:
     undecodable records are all NaN and their ``keys`` entry is ``None``.
 
     ``field_orders``, from codecs whose records name their own fields (JSON): per key, the
-    field names its records most often carry, in their order. A key whose model is positional
-    takes its input order from them once. Codecs with fixed columns leave it empty: their
-    ``feature_names`` is every record's order.
+    field names most of its records carry, in their order, or ``None`` when no order is carried
+    by more than half of them. A key whose model is positional takes its input order from them
+    once. Codecs with fixed columns leave it empty: their ``feature_names`` is every record's
+    order.
     """
 
     records: Sequence[InputRecord]
@@ -69,7 +70,7 @@ class DecodedBatch:
     feature_names: tuple[str, ...]
     values: FloatMatrix
     errors: Mapping[int, RecordDecodeError] = field(default_factory=dict)
-    field_orders: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    field_orders: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.records)

@@ -79,13 +79,20 @@ def _features(document: dict[str, object], key_field: str) -> dict[str, float]:
     return features
 
 
-def _field_orders(decoded: DecodedRecords[dict[str, float]]) -> dict[str, tuple[str, ...]]:
-    """Per key, the field names its records carry most often, in their own order."""
+def _field_orders(
+    decoded: DecodedRecords[dict[str, float]],
+) -> dict[str, tuple[str, ...] | None]:
+    """Per key, the field order most of its records carry (more than half of them), else
+    ``None``: JSON objects have no order of their own, so only a clear majority is one."""
     seen: dict[str, Counter[tuple[str, ...]]] = {}
     for key, features in zip(decoded.keys, decoded.rows, strict=True):
         if key is not None and features is not None:
             seen.setdefault(key, Counter())[tuple(features)] += 1
-    return {key: orders.most_common(1)[0][0] for key, orders in seen.items()}
+    orders: dict[str, tuple[str, ...] | None] = {}
+    for key, counted in seen.items():
+        order, count = counted.most_common(1)[0]
+        orders[key] = order if 2 * count > counted.total() else None
+    return orders
 
 
 def _column_names(parsed: list[dict[str, float] | None]) -> tuple[str, ...]:

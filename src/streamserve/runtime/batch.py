@@ -79,7 +79,7 @@ def _concatenate(batches: list[DecodedBatch], records: Sequence[InputRecord]) ->
     values = np.full((len(batches), len(names)), np.nan)
     keys: list[str | None] = []
     errors: dict[int, RecordDecodeError] = {}
-    field_orders: dict[str, tuple[str, ...]] = {}
+    field_orders: dict[str, tuple[str, ...] | None] = {}
     for row, batch in enumerate(batches):
         keys.append(batch.keys[0])
         for key, order in batch.field_orders.items():

@@ -12,7 +12,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -307,24 +307,25 @@ class ServingCore:
                         load_duration_s=served.load_duration_s,
                     )
                 )
-            self._score_with(served, slot, rows, names, values, batch, outcome, complete)
+            self._score_with(served, slot, rows, (names, values), batch, outcome, complete, observe)
 
     def _score_with(
         self,
         served: ServedModel,
         slot: ModelSlot,
         rows: npt.NDArray[np.intp],
-        names: tuple[str, ...],
-        values: FloatMatrix,
+        columns: tuple[tuple[str, ...], FloatMatrix],
         batch: DecodedBatch,
         outcome: BatchOutcome,
         complete: bool,
+        observe: bool,
     ) -> None:
         """Feeds the key's rows to ``served``: records that lack a feature (or carry one a
         positional model cannot place) fail alone, the others are scored."""
         key = slot.key
+        names, values = columns
         try:
-            spec = self._input_spec(served, slot, names, batch.field_orders.get(key))
+            spec = self._input_spec(served, slot, names, batch.field_orders, observe)
             mapping = map_features(names, spec)
         except MissingFeaturesError as err:
             self._fail(outcome, rows, err, key, served)
@@ -351,22 +352,31 @@ class ServingCore:
         served: ServedModel,
         slot: ModelSlot,
         names: tuple[str, ...],
-        field_order: tuple[str, ...] | None,
+        field_orders: Mapping[str, tuple[str, ...] | None],
+        observe: bool,
     ) -> InputSpec:
         """The model's inputs as names: a positional model takes the key's fixed field order
-        (fixed from its records the first time one serves it; shown in ``/keys``)."""
+        (fixed from its stream records the first time one serves it; shown in ``/keys``).
+        Batches that are not the key's stream records (V2 requests) never fix it."""
         spec = served.inputs
         if spec.names is not None:
             return spec
         order = slot.positional_order
         if order is None:
-            candidate = field_order or names
+            candidate = field_orders.get(slot.key, names)
+            if candidate is None:
+                raise MissingFeaturesError(
+                    f"model {served.identity.name!r} takes positional features, and the "
+                    f"records of key {slot.key!r} name their fields in differing orders, none "
+                    "carried by most of them: no order to feed it yet. Send a 'features' list, "
+                    "records in one order, or a model that names its inputs"
+                )
             if len(candidate) != spec.width:
                 raise MissingFeaturesError(
                     f"model {served.identity.name!r} takes {spec.width} positional features, "
                     f"the records carry {len(candidate)} ({', '.join(candidate) or 'none'})"
                 )
-            order = slot.fix_positional_order(candidate)
+            order = slot.fix_positional_order(candidate) if observe else candidate
         if len(order) != spec.width:
             raise MissingFeaturesError(
                 f"model {served.identity.name!r} takes {spec.width} positional features, the "
