@@ -120,6 +120,8 @@ class OnnxFactory:
                 f"cannot be loaded: {err}"
             ) from err
         outputs = [node.name for node in session.get_outputs()]
+        if not outputs:
+            raise ModelLoadError(f"ONNX model {request.name!r} declares no outputs")
         output_name = request.options.get("output", outputs[0])
         if output_name not in outputs:
             raise ModelLoadError(

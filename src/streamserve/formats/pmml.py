@@ -153,6 +153,8 @@ class PmmlFactory:
                 request.artifact.read_bytes(), backend=backend
             )
             evaluator.verify()
+            # The fields are resolved lazily: a model whose schema misses one fails here.
+            return PmmlModel(evaluator, pandas, request.name)
         except ModelLoadError:
             raise
         except Exception as err:  # JPMML's Java exceptions arrive as JavaError
@@ -160,4 +162,3 @@ class PmmlFactory:
                 f"PMML model {request.name!r} from {request.artifact.describe()} "
                 f"cannot be loaded: {err}"
             ) from err
-        return PmmlModel(evaluator, pandas, request.name)

@@ -5,12 +5,20 @@ Inputs are named by the booster's feature names when it has them, else positiona
 model gives class scores, which the AUTO output rule turns into the class index.
 
 The content is checked to be one complete JSON or UBJSON document before XGBoost sees it: its
-UBJSON reader (3.2) reads past the end of a truncated model and sometimes "loads" it.
+UBJSON reader (3.2) reads past the end of a truncated model and sometimes "loads" it. Then a
+short-lived child process loads it and scores a probe: XGBoost 3.2 dereferences tree arrays
+unchecked, so a model whose ``parents`` (say) point out of range kills the process that loads
+it (SIGSEGV) — found by fuzzing. A model that passed is remembered (in the artifact cache, and
+by this factory for the models it loaded last), so re-instantiation costs no new check.
 """
 
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+import threading
+from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -26,6 +34,7 @@ from streamserve.formats.base import (
     RuledModel,
     import_optional,
 )
+from streamserve.formats.cache import bytes_digest
 
 
 def _xgboost() -> Any:
@@ -49,14 +58,18 @@ class XGBoostModel(RuledModel):
 class XGBoostFactory:
     format_name = "xgboost"
 
-    def __init__(self, context: FactoryContext) -> None:
+    def __init__(self, context: FactoryContext, *, remembered_passes: int = 1024) -> None:
         self._context = context
+        self._passed: OrderedDict[str, None] = OrderedDict()
+        self._passed_lock = threading.Lock()
+        self._remembered_passes = remembered_passes
 
     def load(self, request: LoadRequest) -> Model:
         xgboost = _xgboost()
         where = f"XGBoost model {request.name!r}"
         data = request.artifact.read_bytes()
         check_complete_document(data, where)
+        self._check_once(data, where)
         booster = xgboost.Booster(params={"nthread": self._context.threads_per_model})
         try:
             booster.load_model(bytearray(data))
@@ -68,6 +81,57 @@ class XGBoostFactory:
                 f"{request.artifact.describe()} cannot be loaded: {err}"
             ) from err
         return XGBoostModel(booster, request.output, request.name)
+
+    def _check_once(self, data: bytes, where: str) -> None:
+        """Loads and probes ``data`` in a child process unless it passed before."""
+        digest = bytes_digest(data)
+        with self._passed_lock:
+            if digest in self._passed:
+                self._passed.move_to_end(digest)
+                return
+        cache = self._context.cache
+        if cache is None or not cache.has_passed(LOAD_CHECK, data):
+            check_in_child_process(data, where)
+            if cache is not None:
+                cache.record_pass(LOAD_CHECK, data)
+        with self._passed_lock:
+            self._passed[digest] = None
+            while len(self._passed) > self._remembered_passes:
+                self._passed.popitem(last=False)
+
+
+LOAD_CHECK = "xgboost-load"
+_CHECK = """
+import sys, numpy, xgboost
+booster = xgboost.Booster(params={"nthread": 1})
+booster.load_model(bytearray(sys.stdin.buffer.read()))
+width = booster.num_features()
+for value in (0.0, 1.0, -1.0, 1e9, -1e9, float("nan")):
+    booster.inplace_predict(numpy.full((2, max(width, 1)), value), validate_features=False)
+"""
+CHECK_TIMEOUT_S = 300.0
+
+
+def check_in_child_process(data: bytes, where: str) -> None:
+    """Raises ModelLoadError unless a child process loads ``data`` and scores a probe."""
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _CHECK],
+            input=data,
+            capture_output=True,
+            timeout=CHECK_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise ModelLoadError(
+            f"{where}: checking the model in a child process failed: {err}"
+        ) from err
+    if done.returncode != 0:
+        errors = done.stderr.decode("utf-8", "replace").strip().splitlines()
+        detail = next((line for line in reversed(errors) if "Error" in line), None)
+        detail = detail or (errors[-1] if errors else "no output")
+        how = "crashed" if done.returncode < 0 else "failed"
+        raise ModelLoadError(f"{where}: XGBoost cannot load it (the check {how}: {detail})")
 
 
 def check_complete_document(data: bytes, where: str) -> None:
