@@ -180,7 +180,8 @@ def test_a_bad_model_is_rejected_and_the_current_model_keeps_serving(
     assert len(rejections) == 1, after.errors
     assert rejections[0]["error_kind"] == kind
     assert reason in rejections[0]["reason"]
-    slot = core.slot("wine")
+    slot = core.find_slot("wine")
+    assert slot is not None
     assert slot.current is not None
     assert slot.current.identity.name == "good"
     if kind != "bad_descriptor":  # an undecodable message has no key, so no slot to count in

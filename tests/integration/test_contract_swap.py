@@ -84,7 +84,8 @@ def test_the_swap_is_reported_once_with_the_new_models_identity(core: ServingCor
 
     swaps = [(e.name, e.version) for e in core.drain_events() if e.kind is ModelEventKind.SWAPPED]
     assert swaps == [("first", "v1"), ("second", "v2")]
-    slot = core.slot("wine")
+    slot = core.find_slot("wine")
+    assert slot is not None
     assert slot.current is not None
     assert slot.current.identity.name == "second"
     assert slot.previous is not None

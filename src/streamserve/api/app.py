@@ -122,8 +122,10 @@ def _admin_routes(core: ServingCore, token: str | None) -> list[Route]:
         async def handler(request: Request) -> Response:
             if token is None:
                 return error("admin actions are disabled: no admin token is configured", 403)
-            offered = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            if not hmac.compare_digest(offered.encode(), token.encode()):
+            scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                offered.strip().encode(), token.encode()
+            ):
                 return error("admin actions need 'Authorization: Bearer <admin token>'", 401)
             slot = core.find_slot(request.path_params["key"])
             if slot is None:

@@ -64,7 +64,10 @@ class ServingCollector(Collector):
         for slot in self._core.slots():
             rejections.add_metric([slot.key], slot.rejected_total)
             quarantines.add_metric([slot.key], slot.quarantined_total)
-            for served in (slot.current, slot.previous):
+            current, previous = slot.current, slot.previous
+            if current is not None and previous is not None and _same_labels(current, previous):
+                previous = None  # one model republished: one series
+            for served in (current, previous):
                 if served is not None:
                     _add_model(served, slot.key, results, errors, latency, loads)
                 if served is not None and served.swap_delay_s is not None:
@@ -120,6 +123,13 @@ class ServingCollector(Collector):
             yield GaugeMetricFamily(
                 "streamserve_consumer_lag", "Records behind the data partitions' ends", value=lag
             )
+
+
+def _same_labels(one: ServedModel, other: ServedModel) -> bool:
+    return (one.identity.name, one.identity.version) == (
+        other.identity.name,
+        other.identity.version,
+    )
 
 
 def _add_model(

@@ -8,6 +8,7 @@ Errors answer ``{"error": "..."}`` with a 4xx status, as the specification shape
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -87,11 +88,9 @@ def model_metadata(core: ServingCore, name: str) -> dict[str, Any]:
 
 def infer(core: ServingCore, name: str, request: Any) -> dict[str, Any]:
     served = current_model(core, name)
-    slot = core.find_slot(name)
-    order = None if slot is None else slot.positional_order
-    names, values = _features(request, served.inputs, order)
+    names, values, positional = _features(request, served.inputs)
     records = [InputRecord(b"", position=f"v2:{row}") for row in range(len(values))]
-    batch = DecodedBatch(records, [name] * len(records), names, values)
+    batch = DecodedBatch(records, [name] * len(records), names, values, positional=positional)
     outcome = core.score(batch, observe=False)  # requests are not the key's stream records
     if outcome.errors:
         first = min(outcome.errors, key=lambda error: error.row)
@@ -121,11 +120,9 @@ def infer(core: ServingCore, name: str, request: Any) -> dict[str, Any]:
     return response
 
 
-def _features(
-    request: Any, spec: InputSpec, order: tuple[str, ...] | None
-) -> tuple[tuple[str, ...], np.ndarray]:
-    """The request's feature columns and their names. A 2-D tensor as wide as the model is
-    positional: its columns take the model's input names, or the key's fixed field order."""
+def _features(request: Any, spec: InputSpec) -> tuple[tuple[str, ...], np.ndarray, bool]:
+    """The request's feature columns, their names, and whether they are the model's inputs in
+    order: a 2-D tensor as wide as the model is positional (it takes a named model's names)."""
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise V2Error("the request must be a JSON object with an 'inputs' list")
     tensors = [_tensor(item, index) for index, item in enumerate(request["inputs"])]
@@ -133,10 +130,10 @@ def _features(
         raise V2Error("'inputs' is empty")
     if len(tensors) == 1 and tensors[0][1].ndim == 2:
         tensor_name, matrix = tensors[0]
-        names = spec.names or order
-        if names is not None and matrix.shape[1] == spec.width == len(names):
-            return names, matrix  # the model's inputs, in its order
-        return tuple(f"{tensor_name}[{i}]" for i in range(matrix.shape[1])), matrix
+        generated = tuple(f"{tensor_name}[{i}]" for i in range(matrix.shape[1]))
+        if matrix.shape[1] == spec.width:
+            return spec.names or generated, matrix, True
+        return generated, matrix, False
     columns = []
     for tensor_name, data in tensors:
         if data.ndim == 2 and data.shape[1] != 1:
@@ -147,7 +144,7 @@ def _features(
         columns.append(data.reshape(-1))
     if len({len(column) for column in columns}) != 1:
         raise V2Error("inputs have different numbers of rows")
-    return tuple(name for name, _ in tensors), np.column_stack(columns)
+    return tuple(name for name, _ in tensors), np.column_stack(columns), False
 
 
 def _tensor(item: Any, index: int) -> tuple[str, np.ndarray]:
@@ -165,13 +162,13 @@ def _tensor(item: Any, index: int) -> tuple[str, np.ndarray]:
     if not (
         isinstance(shape, list)
         and 1 <= len(shape) <= 2
-        and all(isinstance(d, int) and d >= 0 for d in shape)
+        and all(type(d) is int and d >= 0 for d in shape)  # not bool, whatever Python says
     ):
         raise V2Error(f"inputs[{index}] ({name}): shape must be [rows] or [rows, features]")
     try:
         data = np.asarray(item["data"], dtype=np.float64).reshape(-1)
     except (TypeError, ValueError) as err:
         raise V2Error(f"inputs[{index}] ({name}): data must be numbers: {err}") from err
-    if data.size != int(np.prod(shape)):
+    if data.size != math.prod(shape):  # Python integers: no wrap-around
         raise V2Error(f"inputs[{index}] ({name}): {data.size} values do not fill shape {shape}")
     return str(name), data.reshape(shape)

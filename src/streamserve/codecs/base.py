@@ -71,6 +71,7 @@ class DecodedBatch:
     values: FloatMatrix
     errors: Mapping[int, RecordDecodeError] = field(default_factory=dict)
     field_orders: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+    positional: bool = False  # the columns are the model's inputs in its order (a V2 tensor)
 
     def __len__(self) -> int:
         return len(self.records)

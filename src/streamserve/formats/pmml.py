@@ -96,7 +96,7 @@ class PmmlModel:
         if not targets:
             raise ModelLoadError(f"PMML model {name!r} declares no target field")
         self._target = str(targets[0].getName())
-        self._numeric_labels = _all_numerals(targets[0].javaModelField.getCategories())
+        self._numeric_labels = _all_numerals(pandas, targets[0].javaModelField.getCategories())
 
     @property
     def inputs(self) -> InputSpec:
@@ -122,14 +122,15 @@ class PmmlModel:
         self._evaluator = None
 
 
-def _all_numerals(categories: Any) -> bool:
-    """Whether a target has categories and every one reads as a finite number."""
+def _all_numerals(pandas: Any, categories: Any) -> bool:
+    """Whether a target has categories and every one reads as a finite number, read as serving
+    reads them (pandas)."""
     if categories is None:
         return False
     labels = [str(category) for category in categories]
     try:
-        return bool(labels) and all(np.isfinite(float(label)) for label in labels)
-    except ValueError:
+        return bool(labels) and bool(np.isfinite(pandas.to_numeric(labels)).all())
+    except (TypeError, ValueError):
         return False
 
 

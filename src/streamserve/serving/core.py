@@ -12,7 +12,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ from streamserve.formats.cache import ArtifactCache
 from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.budget import LiveModels
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
-from streamserve.serving.features import map_features, missing_features_error
+from streamserve.serving.features import FeatureMapping, map_features, missing_features_error
 from streamserve.serving.loader import LoadJob, ModelLoader
 from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
 from streamserve.serving.output import PublishableOutput, publishable
@@ -42,6 +42,7 @@ from streamserve.settings import ServingSettings
 # Upper bounds of the batch-size histogram; the last bucket takes every larger batch.
 BATCH_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 1 << 62)
 MAX_KEYLESS_REJECTIONS = 1000
+QUARANTINE_MIN_BATCHES = 3  # failing batches in a row, beside the records, before a quarantine
 
 
 class ServingCore:
@@ -129,6 +130,15 @@ class ServingCore:
         """The loader finished (staged or rejected) the model submitted as ``sequence``."""
         with self._slots_lock:
             self._loading.discard(sequence)
+            self._prune_floors()
+
+    def _prune_floors(self) -> None:
+        """Under the lock: forgets unload floors that no pending load is older than."""
+        oldest = min(self._loading, default=None)
+        if len(self._unloaded_at) and (oldest is None or min(self._unloaded_at.values()) < oldest):
+            self._unloaded_at = {
+                k: f for k, f in self._unloaded_at.items() if oldest is not None and f > oldest
+            }
 
     def wait_for_models(self, timeout_s: float | None = None) -> bool:
         """Waits until every submitted model is staged or rejected; False on timeout."""
@@ -142,17 +152,18 @@ class ServingCore:
         return self._events.drain()
 
     # --- slots ---------------------------------------------------------------------------------
-    def slot(self, key: str) -> ModelSlot:
-        """The slot of ``key``, created on first use (by a model that stages)."""
+    def stage(self, key: str, served: ServedModel) -> bool:
+        """Stages a loaded, validated model in its key's slot, made for it if need be; never
+        makes a slot for a model that could not stage (the key was unloaded after it came)."""
         with self._slots_lock:
             slot = self._slots.get(key)
             if slot is None:
+                if served.identity.sequence <= self._unloaded_at.get(key, -1):
+                    return False
                 slot = self._slots[key] = ModelSlot(
-                    key,
-                    self._settings.max_rejections_kept,
-                    floor=self._unloaded_at.get(key, -1),
+                    key, self._settings.max_rejections_kept, floor=self._unloaded_at.get(key, -1)
                 )
-            return slot
+        return slot.stage(served)
 
     def slots(self) -> list[ModelSlot]:
         with self._slots_lock:
@@ -199,14 +210,9 @@ class ServingCore:
         never comes back; one submitted after it serves the key again.
         """
         with self._slots_lock:
-            floor = next(self._sequence)
-            oldest = min(self._loading, default=None)
             # A floor matters only to loads submitted before it and still pending.
-            self._unloaded_at = {
-                k: f for k, f in self._unloaded_at.items() if oldest is not None and f > oldest
-            }
-            if oldest is not None:
-                self._unloaded_at[key] = floor
+            self._unloaded_at[key] = next(self._sequence)
+            self._prune_floors()
             slot = self._slots.pop(key, None)
         if slot is None:
             return False
@@ -325,7 +331,7 @@ class ServingCore:
         key = slot.key
         names, values = columns
         try:
-            spec = self._input_spec(served, slot, names, batch.field_orders, observe)
+            spec = self._input_spec(served, slot, names, batch, observe)
             mapping = map_features(names, spec)
         except MissingFeaturesError as err:
             self._fail(outcome, rows, err, key, served)
@@ -333,7 +339,7 @@ class ServingCore:
         if mapping.missing:
             self._fail(outcome, rows, missing_features_error(mapping.missing), key, served)
             return
-        features = values[:, mapping.columns]
+        features = mapping.gather(values)
         incomplete = None if complete else np.isnan(features).any(axis=1)
         if incomplete is not None and incomplete.any():
             model_names = spec.names or tuple(names[i] for i in mapping.columns)
@@ -342,25 +348,28 @@ class ServingCore:
             )
             rows, values, features = rows[~incomplete], values[~incomplete], features[~incomplete]
         if served.inputs.names is None:  # fields beyond the positional order: no place
-            kept = self._fail_extra_fields(outcome, rows, values, names, spec, served, key)
+            kept = self._fail_extra_fields(outcome, rows, values, (names, mapping), served, key)
             rows, features = rows[kept], features[kept]
         if len(rows):
-            self._score_rows(rows, features, slot, served, outcome)
+            self._score_rows(rows, features, slot, served, outcome, observe)
 
     def _input_spec(
         self,
         served: ServedModel,
         slot: ModelSlot,
         names: tuple[str, ...],
-        field_orders: Mapping[str, tuple[str, ...] | None],
+        batch: DecodedBatch,
         observe: bool,
     ) -> InputSpec:
         """The model's inputs as names: a positional model takes the key's fixed field order
         (fixed from its stream records the first time one serves it; shown in ``/keys``).
         Batches that are not the key's stream records (V2 requests) never fix it."""
+        field_orders, positional = batch.field_orders, batch.positional
         spec = served.inputs
         if spec.names is not None:
             return spec
+        if positional and len(names) == spec.width:
+            return InputSpec(spec.width, names)  # already in the model's order
         order = slot.positional_order
         if order is None:
             candidate = field_orders.get(slot.key, names)
@@ -389,15 +398,16 @@ class ServingCore:
         outcome: BatchOutcome,
         rows: npt.NDArray[np.intp],
         values: FloatMatrix,
-        names: tuple[str, ...],
-        spec: InputSpec,
+        columns: tuple[tuple[str, ...], FeatureMapping],
         served: ServedModel,
         key: str,
     ) -> npt.NDArray[np.bool_]:
         """Fails the records carrying fields outside a positional model's order (where would
         they go?); returns which of ``rows`` are kept."""
-        order = set(spec.names or ())
-        extra = [index for index, name in enumerate(names) if name not in order]
+        names, mapping = columns
+        used = mapping.used_columns()
+        order = tuple(names[index] for index in mapping.columns.tolist())
+        extra = [index for index in range(len(names)) if index not in used]
         if not extra:
             return np.ones(len(rows), dtype=bool)
         carries = ~np.isnan(values[:, extra])
@@ -407,7 +417,7 @@ class ServingCore:
             error = MissingFeaturesError(
                 f"record carries field(s) {', '.join(fields)} that the positional model "
                 f"{served.identity.name!r} has no place for (its key's fields: "
-                f"{', '.join(spec.names or ())})"
+                f"{', '.join(order)})"
             )
             self._fail(outcome, rows[position : position + 1], error, key, served)
         return np.asarray(~odd)
@@ -419,35 +429,47 @@ class ServingCore:
         slot: ModelSlot,
         served: ServedModel,
         outcome: BatchOutcome,
+        observe: bool,
     ) -> None:
         key = slot.key
         started = time.perf_counter()
-        failed_before = len(outcome.errors)
+        model_failures = 0  # records the model raised on (not values it gave for one record)
         try:
             with served.instance() as model:
                 try:
                     checked = self._checked(model.score_batch(features), len(rows), served)
                 except Exception:  # noqa: BLE001 - isolate the failing records, one by one
-                    rows, scored = self._score_one_by_one(
+                    rows, scored, model_failures = self._score_one_by_one(
                         rows, features, key, served, model, outcome
                     )
                 else:
                     rows, scored = self._fail_unpublishable(rows, checked, key, served, outcome)
         except ScoringError as err:  # the evicted instance could not be made again
             self._fail(outcome, rows, err, key, served)
-            rows = rows[:0]
+            rows, model_failures = rows[:0], len(rows)
         self.live_models.touch(served)
         elapsed = time.perf_counter() - started
         if len(rows):
-            served.consecutive_failures = 0
+            served.consecutive_failures = served.failing_batches = 0
             served.stats.record_batch(len(rows), elapsed)
             outcome.groups.append(
                 ScoredGroup(key, served.identity, rows, scored, elapsed / len(rows))
             )
-        else:
-            served.consecutive_failures += len(outcome.errors) - failed_before
-            if served.consecutive_failures >= self._settings.quarantine_after_failures:
-                self._quarantine(slot, served, outcome.errors[-1].reason)
+        elif model_failures and observe:  # a V2 client can never quarantine a model
+            self._count_failures(slot, served, model_failures, outcome.errors[-1].reason)
+
+    def _count_failures(
+        self, slot: ModelSlot, served: ServedModel, failures: int, last_reason: str
+    ) -> None:
+        """Quarantines a model that raised on every record of several batches in a row: its
+        backend broke, say. Records that fail now and then, between scored ones, never do."""
+        served.consecutive_failures += failures
+        served.failing_batches += 1
+        if (
+            served.consecutive_failures >= self._settings.quarantine_after_failures
+            and served.failing_batches >= QUARANTINE_MIN_BATCHES
+        ):
+            self._quarantine(slot, served, last_reason)
 
     def _checked(self, output: object, rows: int, served: ServedModel) -> PublishableOutput:
         """The output if it is publishable and of the model's value type; raises otherwise."""
@@ -483,24 +505,29 @@ class ServingCore:
         served: ServedModel,
         model: Model,
         outcome: BatchOutcome,
-    ) -> tuple[npt.NDArray[np.intp], np.ndarray]:
+    ) -> tuple[npt.NDArray[np.intp], np.ndarray, int]:
+        """Scores each record alone: (rows scored, their values, records the model raised on)."""
         kept: list[int] = []
         values: list[np.ndarray] = []
+        raised = 0
         for position, row in enumerate(rows.tolist()):
             try:
                 checked = self._checked(
                     model.score_batch(features[position : position + 1]), 1, served
                 )
-                if checked.failed:
-                    raise ScoringError(checked.failed[0])
             except Exception as err:  # noqa: BLE001 - any model failure is this record's error
                 reason = f"model {served.identity.name!r} failed to score the record: {err}"
+                self._fail(outcome, np.array([row]), ScoringError(reason), key, served)
+                raised += 1
+                continue
+            if checked.failed:  # a value this record led to, not a model that fails
+                reason = f"model {served.identity.name!r}: {checked.failed[0]}"
                 self._fail(outcome, np.array([row]), ScoringError(reason), key, served)
                 continue
             kept.append(row)
             values.append(checked.values)
         scored = np.concatenate(values) if values else np.empty(0)
-        return np.asarray(kept, dtype=np.intp), scored
+        return np.asarray(kept, dtype=np.intp), scored, raised
 
     def _fail(
         self,

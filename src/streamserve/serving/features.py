@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamserve.errors import MissingFeaturesError
-from streamserve.formats.base import InputSpec
+from streamserve.formats.base import FloatMatrix, InputSpec
 
 _SEPARATORS = re.compile(r"[\s_\-.]+")
 
@@ -26,10 +26,35 @@ def normalize_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class FeatureMapping:
-    """Column indices into the batch, in model input order; ``missing`` names absent columns."""
+    """Column indices into the batch, in model input order; ``missing`` names absent columns.
+
+    ``alternatives``: for an input that several batch columns match (``beta`` and ``Beta``,
+    carried by different records), the other columns, in order: a record lacking the first
+    takes its value from the next, so whether a record scores never depends on its batch mates.
+    """
 
     columns: npt.NDArray[np.intp]
     missing: tuple[str, ...]
+    alternatives: tuple[tuple[int, tuple[int, ...]], ...] = ()
+
+    def used_columns(self) -> set[int]:
+        """Every batch column that feeds an input."""
+        used = set(self.columns.tolist())
+        for _, others in self.alternatives:
+            used.update(others)
+        return used
+
+    def gather(self, values: FloatMatrix) -> FloatMatrix:
+        """The model's input matrix from the batch's ``values``."""
+        features = values[:, self.columns]
+        for position, others in self.alternatives:
+            column = features[:, position]
+            for other in others:
+                gaps = np.isnan(column)
+                if not gaps.any():
+                    break
+                column[gaps] = values[gaps, other]
+        return features
 
 
 @lru_cache(maxsize=4096)
@@ -47,15 +72,22 @@ def map_features(batch_names: tuple[str, ...], spec: InputSpec) -> FeatureMappin
             )
         return FeatureMapping(np.arange(spec.width, dtype=np.intp), ())
     exact = {name: index for index, name in enumerate(batch_names)}
-    loose = {normalize_name(name): index for index, name in enumerate(batch_names)}
+    loose: dict[str, list[int]] = {}
+    for index, name in enumerate(batch_names):
+        loose.setdefault(normalize_name(name), []).append(index)
     columns: list[int] = []
     missing: list[str] = []
-    for name in spec.names:
-        index = exact.get(name, loose.get(normalize_name(name), -1))
+    alternatives: list[tuple[int, tuple[int, ...]]] = []
+    for position, name in enumerate(spec.names):
+        candidates = loose.get(normalize_name(name), [])
+        index = exact.get(name, candidates[0] if candidates else -1)
         columns.append(index)
         if index < 0:
             missing.append(name)
-    return FeatureMapping(np.asarray(columns, dtype=np.intp), tuple(missing))
+        others = tuple(candidate for candidate in candidates if candidate != index)
+        if others:
+            alternatives.append((position, others))
+    return FeatureMapping(np.asarray(columns, dtype=np.intp), tuple(missing), tuple(alternatives))
 
 
 def missing_features_error(names: tuple[str, ...]) -> MissingFeaturesError:

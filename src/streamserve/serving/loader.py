@@ -53,7 +53,7 @@ class SlotDirectory(Protocol):
 
     def find_slot(self, key: str) -> ModelSlot | None: ...
 
-    def slot(self, key: str) -> ModelSlot: ...
+    def stage(self, key: str, served: ServedModel) -> bool: ...
 
     def reject(self, rejection: Rejection) -> None: ...
 
@@ -140,17 +140,22 @@ class ModelLoader:
             load_duration_s=time.perf_counter() - started,
             submitted_at=job.submitted_at,
             value_type=value_type,
+            declared_type=VALUE_TYPE_OPTION in descriptor.options,
             reload=self._reloader(descriptor),
             on_release=self._live.forget,
         )
-        slot = self._slots.slot(key)
-        staged = slot.stage(served)
+        try:
+            staged = self._slots.stage(key, served)
+        except RejectedInput as err:  # another value type than a model staged meanwhile
+            served.close()
+            self._reject(key, job, err)
+            return
         if not staged:
             served.close()
         self._events.put(
             ModelEvent(
                 ModelEventKind.STAGED if staged else ModelEventKind.SUPERSEDED,
-                slot.key,
+                key,
                 descriptor.name,
                 descriptor.version_label,
                 load_duration_s=served.load_duration_s,

@@ -154,9 +154,13 @@ def check_probe(
                 f"{value_type} values"
             )
     elif key_type is not None and value_type != key_type:
-        raise ModelValidationError(
-            f"model {name!r} returns {value_type} values where its key publishes "
-            f"{key_type} values; declare option {VALUE_TYPE_OPTION}={value_type} to change "
-            "the key's value type on purpose"
-        )
+        raise ModelValidationError(value_type_conflict(name, value_type, key_type))
     return value_type
+
+
+def value_type_conflict(name: str, value_type: ValueType, key_type: ValueType) -> str:
+    return (
+        f"model {name!r} returns {value_type} values where its key publishes {key_type} "
+        f"values; declare option {VALUE_TYPE_OPTION}={value_type} to change the key's value "
+        "type on purpose"
+    )

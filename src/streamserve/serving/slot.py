@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from streamserve.errors import NothingToRollBackError, ScoringError
+from streamserve.errors import ModelValidationError, NothingToRollBackError, ScoringError
 from streamserve.formats.base import FloatMatrix, InputSpec, Model
-from streamserve.serving.output import ValueType
+from streamserve.serving.output import ValueType, value_type_conflict
 from streamserve.serving.stats import ModelServingInfo, ServingInfoSnapshot
 
 
@@ -68,6 +68,7 @@ class ServedModel:
         *,
         submitted_at: float | None = None,
         value_type: ValueType = ValueType.NUMBER,
+        declared_type: bool = False,
         reload: Callable[[], Model] | None = None,
         on_release: Callable[[ServedModel], None] | None = None,
     ) -> None:
@@ -78,8 +79,10 @@ class ServedModel:
         self.submitted_at = time.monotonic() if submitted_at is None else submitted_at
         self.swap_delay_s: float | None = None  # from submission to serving its first batch
         self.value_type = value_type  # seen in validation; every batch must publish this type
+        self.declared_type = declared_type  # its descriptor declared it: may change the key's
         self.reloads = 0
-        self.consecutive_failures = 0  # records failed since its last scored record
+        self.consecutive_failures = 0  # records it raised on since its last scored record
+        self.failing_batches = 0  # batches in a row in which it scored no record
         self._model: Model | None = model
         self._reload = reload
         self._on_release = on_release
@@ -114,19 +117,23 @@ class ServedModel:
 
     @contextmanager
     def instance(self) -> Iterator[Model]:
-        """The live instance, made again first if it was evicted; held while the block runs."""
+        """The live instance, made again first if it was evicted; held while the block runs.
+
+        A retired model is made again only for a batch that leased it before its retirement
+        (that batch is scored by it to its last record), and closed with its last user."""
         self.acquire()
         try:
             with self._lock:
                 if self._model is None:
-                    self._model = self._instantiate_again()
+                    leased_before = self._users > 1
+                    self._model = self._instantiate_again(leased_before)
                 model = self._model
             yield model
         finally:
             self.release()
 
-    def _instantiate_again(self) -> Model:
-        if self._retired or self._reload is None:
+    def _instantiate_again(self, leased_before: bool) -> Model:
+        if (self._retired and not leased_before) or self._reload is None:
             raise ScoringError(f"model {self.identity.name!r} was retired")
         try:
             model = self._reload()
@@ -199,6 +206,7 @@ class ModelSlot:
     ) -> None:
         self.key = key
         self._newest = floor  # sequence of the newest model staged here (or of the unloading)
+        self._value_type: ValueType | None = None  # kept while the key exists, even if empty
         self._closed = False
         self._lock = threading.Lock()
         self._max_history = max_history
@@ -217,11 +225,21 @@ class ModelSlot:
     # --- loader side -------------------------------------------------------------------------
     def stage(self, served: ServedModel) -> bool:
         """Stages ``served`` unless a newer model staged here before, or the key was unloaded
-        after ``served`` was submitted; returns whether it was staged."""
+        after ``served`` was submitted; returns whether it was staged.
+
+        Raises :class:`ModelValidationError` for a model of another value type than the key's
+        that does not declare it: checked here, under the lock, because the key's type may have
+        been set by a model that staged while this one was validated."""
         with self._lock:
             if self._closed or served.identity.sequence <= self._newest:
                 return False
+            key_type = self._value_type
+            if key_type not in (None, served.value_type) and not served.declared_type:
+                raise ModelValidationError(
+                    value_type_conflict(served.identity.name, served.value_type, key_type)
+                )
             self._newest = served.identity.sequence
+            self._value_type = served.value_type
             superseded, self._staged = self._staged, served
         if superseded is not None:
             superseded.close()
@@ -238,9 +256,9 @@ class ModelSlot:
 
     @property
     def value_type(self) -> ValueType | None:
-        """The type of the values the key publishes: its staged model's, else its current's."""
-        served = self._staged or self._current
-        return None if served is None else served.value_type
+        """The type of the values the key publishes: its newest staged model's. Kept when the
+        key's models are quarantined, until the key is unloaded."""
+        return self._value_type
 
     # --- scoring side --------------------------------------------------------------------------
     @contextmanager
@@ -290,13 +308,18 @@ class ModelSlot:
             if self._current is not served:
                 return False, None
             self._remember(served)
-            restored, self._current, self._previous = self._previous, self._previous, None
+            restored, dropped = self._previous, None
+            if restored is not None and restored.value_type != self._value_type:
+                restored, dropped = None, restored  # the publisher moved the key's type on
+            self._current, self._previous = restored, None
             if restored is not None:
                 self._history.pop(restored.identity.sequence, None)
             self._rejections.append(rejection)
             self._rejected_total += 1
             self._quarantined_total += 1
         served.close()
+        if dropped is not None:
+            dropped.close()
         if restored is not None:
             restored.stats.mark_current()
         return True, restored
@@ -356,6 +379,7 @@ class ModelSlot:
                 )
             dropped, self._staged = self._staged, None
             self._current, self._previous = self._previous, self._current
+            self._value_type = self._current.value_type  # the operator's choice
             self._history.pop(self._current.identity.sequence, None)
             self._remember(self._previous)
             restored = self._current
