@@ -99,6 +99,21 @@ def test_metrics_parse_and_move_as_records_flow(core: ServingCore, client: httpx
     }
 
 
+def test_a_republished_model_is_one_metrics_series(core: ServingCore, client: httpx.Client) -> None:
+    for _ in range(2):  # the same model twice: current and previous carry the same labels
+        publish(core, onnx_descriptor("m", onnx_constant(11, 1.0), version="v7"))
+        stream(core, 3)
+    reply = client.get("/metrics")
+    labels = [
+        tuple(sorted(sample.labels.items()))
+        for family in text_string_to_metric_families(reply.text)
+        if family.name == "streamserve_model_results"
+        for sample in family.samples
+        if sample.name == "streamserve_model_results_total"
+    ]
+    assert labels == [(("key", "wine"), ("model", "m"), ("version", "v7"))]
+
+
 def test_v2_metadata_and_inference_use_the_live_model(
     core: ServingCore, client: httpx.Client
 ) -> None:
@@ -206,6 +221,8 @@ def test_admin_actions_need_the_token(core: ServingCore, client: httpx.Client) -
     assert client.post("/admin/keys/wine/rollback").status_code == 401
     wrong = {"authorization": "Bearer nope"}
     assert client.post("/admin/keys/wine/rollback", headers=wrong).status_code == 401
+    bare = {"authorization": TOKEN}  # the right token, without the Bearer scheme
+    assert client.post("/admin/keys/wine/rollback", headers=bare).status_code == 401
     auth = {"authorization": f"Bearer {TOKEN}"}
 
     reply = client.post("/admin/keys/wine/rollback", headers=auth)
