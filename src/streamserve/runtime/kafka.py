@@ -24,9 +24,10 @@ from typing import Any
 
 from streamserve.codecs.base import Codec, InputRecord
 from streamserve.errors import InfrastructureError
-from streamserve.runtime.encoding import Encoded, drain_model_events, encode_outcome
+from streamserve.runtime.batch import process_batch
+from streamserve.runtime.encoding import Encoded, drain_model_events
 from streamserve.runtime.heap import freeze_startup_objects
-from streamserve.runtime.inflight import DeliveryError, InFlightBatches, PendingBatch
+from streamserve.runtime.inflight import DeliveryError, InFlightBatches, PendingBatch, Place
 from streamserve.runtime.local import RunSummary
 from streamserve.serving.core import ServingCore
 from streamserve.serving.events import ModelEvent
@@ -40,6 +41,12 @@ ERROR_LOG_INTERVAL_S = 5.0
 LAG_INTERVAL_S = 2.0
 FLUSH_STEP_S = 1.0
 IDLE_WAIT_S = 0.1  # with no records: how long one wait lasts before models are checked
+# Model messages submitted and not yet loaded, at most: the loader's queue holds their bytes (a
+# models topic of 10,000 models read at once would hold all of them). Enough to keep the
+# loader's threads busy: submitting is much faster than loading.
+MAX_LOADS_PENDING = 32
+LOADER_WAIT_S = 0.01  # one wait for the loader while its queue is full
+MODELS_WAIT_S = 0.2  # one wait for model messages during the catch-up
 
 # The data consumer's defaults (settings.consumer overrides them). librdkafka stops fetching a
 # partition while its local queue holds queued.min.messages (100k) and looks again only after
@@ -71,6 +78,42 @@ class ClientLog:
         left_out = self._left_out.pop(facility, 0)
         suffix = f" ({left_out} similar lines left out)" if left_out else ""
         self._log.log(level, "%s [%s] %s%s", facility, client, text, suffix)
+
+
+class CatchUpWatch:
+    """How long the models catch-up has gone without progress: a model message read or a
+    model load finished. Past ``catch_up_timeout_s``, :meth:`check` stops the replica."""
+
+    def __init__(self, core: ServingCore, settings: KafkaSettings) -> None:
+        self._core = core
+        self._settings = settings
+        self.submitted = 0  # models submitted for loading by the catch-up
+        self._finished = 0
+        self._progressed_at = time.monotonic()
+
+    def check(self, read: int) -> None:
+        """Notes ``read`` messages and the loads finished since the last check; raises
+        :class:`InfrastructureError` once nothing moved for ``catch_up_timeout_s``."""
+        now = time.monotonic()
+        pending = self._core.loads_pending
+        finished = self.submitted - pending
+        if read or finished > self._finished:
+            self._finished = finished
+            self._progressed_at = now
+        limit_s = self._settings.catch_up_timeout_s
+        if now - self._progressed_at <= limit_s:
+            return
+        topic = self._settings.models_topic
+        if pending:
+            raise InfrastructureError(
+                f"{pending} models of the models topic {topic!r} were still loading after "
+                f"{limit_s:.0f} s without one finishing (kafka.catch_up_timeout_s); stopping "
+                "before scoring any record with models missing"
+            )
+        raise InfrastructureError(
+            f"the models topic {topic!r} was not read to its end: nothing arrived for "
+            f"{limit_s:.0f} s (kafka.catch_up_timeout_s)"
+        )
 
 
 def confluent_kafka_module() -> Any:
@@ -156,7 +199,11 @@ class KafkaRuntime:
         self._in_flight = InFlightBatches()
         self.ready = threading.Event()  # models caught up and data partitions assigned
         self._caught_up = False
-        self._assigned: list[Any] = []
+        self._assigned: set[Place] = set()  # grows and shrinks by increments (cooperative)
+        self._revoked: set[Place] = set()  # revoked inside the current consume call
+        # Per partition, the offset after the last acknowledged batch not yet committed
+        # synchronously: an asynchronous commit may have failed, so revoke and stop commit it.
+        self._acknowledged: dict[Place, int] = {}
         self.consumer_lag: int | None = None  # records behind the high watermarks, when known
         self._next_lag_check = 0.0
 
@@ -178,29 +225,42 @@ class KafkaRuntime:
 
     # --- models ----------------------------------------------------------------------------
     def catch_up_models(self) -> int:
-        """Reads the models topic to its end, submitting every model in order, and waits.
+        """Reads the models topic to its end, submitting every model in order, and waits until
+        each one is loaded or rejected: no record is scored before (records of a key whose model
+        is still loading would get ``no_model`` errors, or an older model's scores).
 
         Every message, not only the latest per key: if a key's latest model is bad, a restarted
         replica must keep the good one before it, exactly as a running replica does.
+
+        ``catch_up_timeout_s`` bounds the time *without progress* (no model message read, no
+        load finished), not the whole catch-up: a topic of thousands of slow models takes as long
+        as it needs while it moves, and a broker gone quiet or a load that hangs stops the replica
+        with an :class:`InfrastructureError` saying what it waited for, rather than serve with
+        models missing. At most ``MAX_LOADS_PENDING`` models wait in the loader's queue at once,
+        so it holds the bytes of that many models, not of the whole topic.
         """
         partitions = self._assign_models_topic()
+        watch = CatchUpWatch(self._core, self._settings)
         at_end: set[int] = set()
-        submitted = 0
-        deadline = time.monotonic() + self._settings.catch_up_timeout_s
         while len(at_end) < partitions:
-            if time.monotonic() > deadline:
-                raise InfrastructureError(
-                    f"the models topic {self._settings.models_topic!r} was not read to its end "
-                    f"within {self._settings.catch_up_timeout_s} s"
-                )
-            for message in self._models.consume(1000, 0.2):
+            room = self._wait_for_loader(MAX_LOADS_PENDING - 1, watch)
+            messages = self._models.consume(room, MODELS_WAIT_S)
+            watch.check(read=len(messages))
+            for message in messages:
                 if self._is_partition_end(message):
                     at_end.add(message.partition())
                 elif message.error() is None:
-                    self._submit_model(message)
-                    submitted += 1
-        self._core.wait_for_models(self._settings.catch_up_timeout_s)
-        return submitted
+                    watch.submitted += self._submit_model(message)
+        self._wait_for_loader(0, watch)
+        return watch.submitted
+
+    def _wait_for_loader(self, max_pending: int, watch: CatchUpWatch) -> int:
+        """Waits while more than ``max_pending`` models are loading; how many more may be
+        submitted now (at least 1)."""
+        while self._core.loads_pending > max_pending:
+            self._core.wait_for_models(LOADER_WAIT_S)  # returns early once the loader is idle
+            watch.check(read=0)
+        return max(MAX_LOADS_PENDING - self._core.loads_pending, 1)
 
     def _on_error(self, error: Any) -> None:
         """librdkafka's client-level errors: it reconnects by itself, with backoff; say so."""
@@ -251,22 +311,28 @@ class KafkaRuntime:
         return len(partitions)
 
     def _follow_models(self) -> None:
-        for message in self._models.consume(1000, 0):
+        """Submits the model messages that arrived, never more than the loader's queue has room
+        for (``MAX_LOADS_PENDING``): the rest wait on the broker, and serving never waits."""
+        room = MAX_LOADS_PENDING - self._core.loads_pending
+        if room <= 0:
+            return
+        for message in self._models.consume(room, 0):
             if message.error() is None:
                 self._submit_model(message)
 
-    def _submit_model(self, message: Any) -> None:
+    def _submit_model(self, message: Any) -> int:
+        """Hands a model message to the core: how many models it submitted for loading."""
         origin = _position(message)
         payload = message.value()
         if payload is not None:
-            self._core.submit_model_message(payload, origin)
-            return
+            return int(self._core.submit_model_message(payload, origin) is not None)
         # A tombstone deletes its key's model from the compacted topic: unload the key too.
         key = message.key()
         if key is None:
             log.warning("ignored a tombstone without a key at %s", origin)
-            return
+            return 0
         self._core.unload(key.decode("utf-8", "replace"), origin)
+        return 0
 
     def _is_partition_end(self, message: Any) -> bool:
         error = message.error()
@@ -277,14 +343,14 @@ class KafkaRuntime:
         """Serves until stopped, ``count`` records are committed, or ``timeout_s`` passes."""
         started = time.monotonic()
         summary = RunSummary()
-        self._init_transactions()
-        self.catch_up_models()
-        freeze_startup_objects()
-        self._caught_up = True
-        self._data.subscribe(
-            self._settings.data_topics, on_assign=self._on_assign, on_revoke=self._on_revoke
-        )
         try:
+            self._init_transactions()
+            self.catch_up_models()  # before any record: see its docstring
+            freeze_startup_objects()
+            self._caught_up = True
+            self._data.subscribe(
+                self._settings.data_topics, on_assign=self._on_assign, on_revoke=self._on_revoke
+            )
             while not self._stop and (count is None or summary.records < count):
                 if timeout_s is not None and time.monotonic() - started >= timeout_s:
                     break
@@ -299,7 +365,8 @@ class KafkaRuntime:
                     self._process(messages, summary)
                 summary.model_events += self._publish_events()
                 self._measure_lag()
-            self._settle(0, synchronous=True)  # every batch acknowledged and committed
+            self._settle(0, final=True)  # every batch acknowledged...
+            self._commit_latest(set(self._acknowledged))  # ...and committed
         except BaseException:
             self._failing = True
             raise
@@ -312,20 +379,32 @@ class KafkaRuntime:
         return summary
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
-        # Called inside consume(), between batches.
-        self._assigned = list(partitions)
+        """Called inside consume(), between batches, with the partitions added: all of them
+        with the eager protocols, only the increment with ``cooperative-sticky``."""
+        self._assigned.update((p.topic, p.partition) for p in partitions)
         if self._caught_up and self._assigned:
             self.ready.set()
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        # Before the partitions move: every batch in flight acknowledged and committed. When the
-        # run is failing, only those acknowledged already (a refused output never will be).
+        """Called inside consume() with the partitions taken away (with ``cooperative-sticky``
+        only those; the others stay assigned, and the replica stays ready).
+
+        Before they move: every batch in flight acknowledged, and every partition's latest
+        acknowledged offset committed synchronously, even if its asynchronous commit failed.
+        When the run is failing, only the batches acknowledged already (a refused output never
+        will be). Nothing is committed for the revoked partitions afterwards; records of them
+        still in hand are dropped unscored (see :meth:`_consume_more`).
+        """
+        revoked = {(p.topic, p.partition) for p in partitions}
         if self._failing:
-            self._commit_acknowledged_while_failing()
+            self._take_acknowledged_while_failing()
         else:
-            self._settle(0, synchronous=True)
-        self._assigned = []
-        self.ready.clear()
+            self._settle(0, final=True)
+        self._commit_latest(set(self._acknowledged))
+        self._assigned -= revoked
+        self._revoked |= revoked
+        if not self._assigned:
+            self.ready.clear()
 
     def _measure_lag(self) -> None:
         """Sums (high watermark - position) over the assigned partitions, every few seconds."""
@@ -334,7 +413,8 @@ class KafkaRuntime:
             return
         self._next_lag_check = now + LAG_INTERVAL_S
         lag = 0
-        for place in self._data.position(self._assigned):
+        assigned = [self._kafka.TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        for place in self._data.position(assigned):
             low, high = self._data.get_watermark_offsets(place, cached=True)
             if high < 0:
                 return  # no fetch response yet: unknown
@@ -350,7 +430,7 @@ class KafkaRuntime:
         if not messages:
             messages = consumer.consume(1, IDLE_WAIT_S)
             if messages and limit > 1 and self._batch.max_delay_ms > 0:
-                messages += consumer.consume(limit - 1, self._batch.max_delay_ms / 1000)
+                messages = self._consume_more(messages, limit - 1, self._batch.max_delay_ms / 1000)
         records = []
         for message in messages:
             error = message.error()
@@ -362,10 +442,25 @@ class KafkaRuntime:
                 log.warning("data consumer: %s", error)
         return records
 
+    def _consume_more(self, held: list[Any], limit: int, timeout_s: float) -> list[Any]:
+        """``held`` and up to ``limit`` more messages, waiting up to ``timeout_s``.
+
+        A rebalance inside the call may revoke the partitions of messages in ``held``: those
+        are dropped unscored, as their new owner (or this replica, if the eager protocol gives
+        them back) reads them again from the committed offset; scoring them here would score
+        them twice and commit for a partition owned elsewhere. librdkafka itself drops those
+        of a revoked partition that the call would return.
+        """
+        self._revoked.clear()
+        more: list[Any] = self._data.consume(limit, timeout_s)
+        if self._revoked:
+            held = [m for m in held if (m.topic(), m.partition()) not in self._revoked]
+        return held + more
+
     def _process(self, messages: Sequence[Any], summary: RunSummary) -> None:
         records = [InputRecord(m.value() or b"", m.key(), _position(m)) for m in messages]
-        outcome = self._core.score(self._codec.decode(records))
-        results, errors = encode_outcome(outcome)
+        encoded = process_batch(self._core, self._codec, records)
+        results, errors = encoded.results, encoded.errors
         if self._transactions is not None:
             self._commit_transactionally(results, errors, messages)
         else:
@@ -451,9 +546,12 @@ class KafkaRuntime:
         if error is not None:
             log.warning("a model event was not delivered to %s: %s", message.topic(), error)
 
-    def _settle(self, max_in_flight: int, *, synchronous: bool = False) -> None:
+    def _settle(self, max_in_flight: int, *, final: bool = False) -> None:
         """Commits the acknowledged batches, in order, then waits while more than
         ``max_in_flight`` batches are unacknowledged, saying so if the broker is away.
+
+        Commits are asynchronous; with ``final`` (before a revoke or the end) none is sent
+        here: the caller commits the partitions' latest acknowledged offsets synchronously.
 
         librdkafka retries delivery by itself (for ``message.timeout.ms``); a delivery error, or
         ``flush_timeout_s`` without progress, ends the run before the batch is committed, so it
@@ -461,7 +559,7 @@ class KafkaRuntime:
         """
         producer = self._producer
         producer.poll(0)
-        self._commit_acknowledged(synchronous)
+        self._commit_acknowledged(send=not final)
         started = time.monotonic()
         next_warning_s = ERROR_LOG_INTERVAL_S
         while len(self._in_flight) > max_in_flight:
@@ -473,7 +571,7 @@ class KafkaRuntime:
                     "the batches will be re-delivered"
                 )
             producer.flush(FLUSH_STEP_S)
-            self._commit_acknowledged(synchronous)
+            self._commit_acknowledged(send=not final)
             if self._in_flight.outputs_pending and waited_s >= next_warning_s:
                 next_warning_s += ERROR_LOG_INTERVAL_S
                 log.warning(
@@ -483,35 +581,46 @@ class KafkaRuntime:
                     self._in_flight.outputs_pending,
                 )
 
-    def _commit_acknowledged_while_failing(self) -> None:
-        """Commits the leading acknowledged batches, without waiting for more and without
-        raising over the error that ends the run."""
+    def _take_acknowledged_while_failing(self) -> None:
+        """Takes the leading acknowledged batches (for :meth:`_commit_latest`), without waiting
+        for more and without raising over the error that ends the run."""
         try:
             self._producer.poll(0)
-            self._commit_acknowledged(synchronous=True)
+            self._commit_acknowledged(send=False)
         except InfrastructureError as err:
             log.warning("leaving without committing the batches in flight: %s", err)
 
-    def _commit_acknowledged(self, synchronous: bool) -> None:
+    def _commit_acknowledged(self, send: bool) -> None:
+        """Takes the leading acknowledged batches' offsets into ``_acknowledged`` and, if
+        ``send``, commits them asynchronously."""
         try:
             offsets = self._in_flight.take_acknowledged()
         except DeliveryError as err:
             if err.committable:  # the batches before the failed one are delivered
-                self._commit(self._topic_partitions(err.committable))
+                self._acknowledged.update(err.committable)
+                self._commit_latest(set(err.committable))
             raise InfrastructureError(
                 f"outputs were not delivered ({err}); stopping without committing, "
                 "the batch will be re-delivered"
             ) from err
         if not offsets:
             return
-        places = self._topic_partitions(offsets)
-        if synchronous:
-            self._commit(places)
+        self._acknowledged.update(offsets)
+        if not send:
             return
         try:
-            self._data.commit(offsets=places, asynchronous=True)
+            self._data.commit(offsets=self._topic_partitions(offsets), asynchronous=True)
         except self._kafka.KafkaException as err:
             log.warning("could not send a commit (%s); a later commit covers it", err.args[0])
+
+    def _commit_latest(self, places: set[Place]) -> None:
+        """Commits synchronously the latest acknowledged offset of each of ``places`` (those of
+        failed asynchronous commits included) and forgets them: at revoke and at the end."""
+        offsets = {
+            place: self._acknowledged.pop(place) for place in places & self._acknowledged.keys()
+        }
+        if offsets:
+            self._commit(self._topic_partitions(offsets))
 
     def _commit(self, offsets: list[Any]) -> None:
         """Commits synchronously; retried while the coordinator is unreachable.
@@ -537,11 +646,11 @@ class KafkaRuntime:
             time.sleep(FLUSH_STEP_S)
 
     def _on_commit(self, error: Any, partitions: list[Any]) -> None:
-        """Asynchronous commits' results: a failed one is covered by the next (or re-delivered)."""
+        """Asynchronous commits' results: a failed one is covered by the next, or by the
+        synchronous commit of the latest acknowledged offsets at revoke and at the end."""
         if error is not None:
             log.warning(
-                "a commit failed (%s); its records are re-delivered if no later commit covers them",
-                error,
+                "a commit failed (%s); the next one, or the final one, covers its offsets", error
             )
 
     def _next_offsets(self, messages: Sequence[Any]) -> dict[tuple[str, int], int]:

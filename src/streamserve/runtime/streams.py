@@ -78,23 +78,52 @@ def read_lines(stream: BinaryIO) -> Iterator[bytes]:
 
 
 def read_length_delimited(stream: BinaryIO) -> Iterator[bytes]:
-    """Messages each prefixed by its varint length (protobuf's writeDelimitedTo framing)."""
+    """Messages each prefixed by its varint length (protobuf's writeDelimitedTo framing).
+
+    Raises ValueError, saying why, at a prefix longer than a 64-bit varint (10 bytes) or a
+    stream that ends inside a prefix or a message. A message is read in chunks, so a corrupt
+    prefix declaring a huge length costs no more memory than the bytes actually there.
+    """
     while True:
-        length, shift = 0, 0
-        while True:
-            byte = stream.read(1)
-            if not byte:
-                if shift:
-                    raise ValueError("stream ends inside a length prefix")
-                return
-            length |= (byte[0] & 0x7F) << shift
-            shift += 7
-            if not byte[0] & 0x80:
-                break
-        message = stream.read(length)
-        if len(message) != length:
-            raise ValueError(f"stream ends inside a message: {len(message)} of {length} bytes")
-        yield message
+        length = _read_varint(stream)
+        if length is None:
+            return
+        yield _read_exactly(stream, length)
+
+
+MAX_VARINT_BYTES = 10
+READ_CHUNK_BYTES = 1 << 20
+
+
+def _read_varint(stream: BinaryIO) -> int | None:
+    """The next length prefix; ``None`` at a clean end of the stream (before a prefix)."""
+    length = 0
+    for index in range(MAX_VARINT_BYTES):
+        byte = stream.read(1)
+        if not byte:
+            if index:
+                raise ValueError("stream ends inside a length prefix")
+            return None
+        length |= (byte[0] & 0x7F) << (7 * index)
+        if not byte[0] & 0x80:
+            if length >= 1 << 64:
+                raise ValueError(f"length prefix {length} does not fit in 64 bits")
+            return length
+    raise ValueError(f"length prefix runs over {MAX_VARINT_BYTES} bytes (not a varint)")
+
+
+def _read_exactly(stream: BinaryIO, length: int) -> bytes:
+    chunks: list[bytes] = []
+    remaining = length
+    while remaining:
+        chunk = stream.read(min(remaining, READ_CHUNK_BYTES))
+        if not chunk:
+            raise ValueError(
+                f"stream ends inside a message: {length - remaining} of {length} bytes"
+            )
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def write_length_delimited(messages: Iterable[bytes], stream: BinaryIO) -> None:
@@ -134,6 +163,7 @@ class StreamSource(MemorySource):
 
     def _pump(self) -> None:
         chunk: list[InputRecord] = []
+        error: Exception | None = None
         try:
             for number, payload in enumerate(self._frames(self._stream), start=1):
                 chunk.append(InputRecord(payload, position=f"{self._name}:{number}"))
@@ -141,15 +171,19 @@ class StreamSource(MemorySource):
                     self._put_bounded(chunk)
                     chunk = []
         except (OSError, ValueError) as err:
-            self.error = err  # reported once the records read before it are consumed
+            error = err
         finally:
             self._put_bounded(chunk)
+            # Only now: every record read before the error is handed over, so a poll that
+            # sees the error and no record has scored them all.
+            self.error = error
             self.close()
 
     def poll(self, max_records: int, timeout_s: float) -> list[InputRecord]:
+        error = self.error  # read first: records put before it was set are polled below
         records = super().poll(max_records, timeout_s)
-        if not records and self.error is not None:
-            raise InfrastructureError(f"reading {self._name} failed: {self.error}") from self.error
+        if not records and error is not None:
+            raise InfrastructureError(f"reading {self._name} failed: {error}") from error
         return records
 
     def _put_bounded(self, chunk: list[InputRecord]) -> None:
