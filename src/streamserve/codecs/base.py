@@ -24,6 +24,9 @@ class InputRecord(NamedTuple):
     position: str = ""
 
 
+FieldOrder = tuple[str, ...]  # a record's field names, in the record's order
+
+
 @dataclass(frozen=True)
 class KeyRule:
     """Where a record's key (its data type) comes from, in this order:
@@ -58,11 +61,10 @@ class DecodedBatch:
     ``values`` has one row per input record (NaN where a record lacks a column); rows of
     undecodable records are all NaN and their ``keys`` entry is ``None``.
 
-    ``field_orders``, from codecs whose records name their own fields (JSON): per key, the
-    field names most of its records carry, in their order, or ``None`` when no order is carried
-    by more than half of them. A key whose model is positional takes its input order from them
-    once. Codecs with fixed columns leave it empty: their ``feature_names`` is every record's
-    order.
+    ``field_orders``, from codecs whose records name their own fields (JSON): per key, how
+    many of its records carry each field order. A key whose model is positional takes its input
+    order from them once (the serving core decides, knowing the model's width). Codecs with
+    fixed columns leave it empty: their ``feature_names`` is every record's order.
     """
 
     records: Sequence[InputRecord]
@@ -70,7 +72,7 @@ class DecodedBatch:
     feature_names: tuple[str, ...]
     values: FloatMatrix
     errors: Mapping[int, RecordDecodeError] = field(default_factory=dict)
-    field_orders: Mapping[str, tuple[str, ...] | None] = field(default_factory=dict)
+    field_orders: Mapping[str, Mapping[FieldOrder, int]] = field(default_factory=dict)
     positional: bool = False  # the columns are the model's inputs in its order (a V2 tensor)
 
     def __len__(self) -> int:

@@ -18,6 +18,7 @@ import orjson
 from streamserve.codecs.base import (
     DecodedBatch,
     DecodedRecords,
+    FieldOrder,
     InputRecord,
     KeyRule,
     batch_from_rows,
@@ -79,31 +80,13 @@ def _features(document: dict[str, object], key_field: str) -> dict[str, float]:
     return features
 
 
-def _field_orders(
-    decoded: DecodedRecords[dict[str, float]],
-) -> dict[str, tuple[str, ...] | None]:
-    """Per key, the field order that most of its records with the most common set of fields
-    carry (more than half of them), else ``None``: JSON objects have no order of their own, so
-    only a clear majority is one. Records with other fields (a typo, an extra one) do not vote."""
-    seen: dict[str, Counter[tuple[str, ...]]] = {}
+def _field_orders(decoded: DecodedRecords[dict[str, float]]) -> dict[str, Counter[FieldOrder]]:
+    """Per key, how many of its records carry each field order."""
+    seen: dict[str, Counter[FieldOrder]] = {}
     for key, features in zip(decoded.keys, decoded.rows, strict=True):
         if key is not None and features is not None:
             seen.setdefault(key, Counter())[tuple(features)] += 1
-    return {key: _majority_order(counted) for key, counted in seen.items()}
-
-
-def _majority_order(orders: Counter[tuple[str, ...]]) -> tuple[str, ...] | None:
-    if len(orders) == 1:
-        return next(iter(orders))
-    by_fields: Counter[frozenset[str]] = Counter()
-    for order, count in orders.items():
-        by_fields[frozenset(order)] += count
-    fields, voters = by_fields.most_common(1)[0]
-    order, count = max(
-        ((order, count) for order, count in orders.items() if frozenset(order) == fields),
-        key=lambda item: item[1],
-    )
-    return order if 2 * count > voters else None
+    return seen
 
 
 def _column_names(parsed: list[dict[str, float] | None]) -> tuple[str, ...]:

@@ -9,12 +9,13 @@ loop goes on. Only :class:`InfrastructureError` (the stream cannot go on) propag
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from streamserve.codecs.base import Codec, DecodedBatch, InputRecord
+from streamserve.codecs.base import Codec, DecodedBatch, FieldOrder, InputRecord
 from streamserve.errors import InfrastructureError, RecordDecodeError
 from streamserve.runtime.encoding import Encoded, encode_internal_error, encode_outcome
 from streamserve.serving.core import ServingCore
@@ -79,11 +80,11 @@ def _concatenate(batches: list[DecodedBatch], records: Sequence[InputRecord]) ->
     values = np.full((len(batches), len(names)), np.nan)
     keys: list[str | None] = []
     errors: dict[int, RecordDecodeError] = {}
-    field_orders: dict[str, tuple[str, ...] | None] = {}
+    field_orders: dict[str, Counter[FieldOrder]] = {}
     for row, batch in enumerate(batches):
         keys.append(batch.keys[0])
-        for key, order in batch.field_orders.items():
-            field_orders.setdefault(key, order)
+        for key, orders in batch.field_orders.items():
+            field_orders.setdefault(key, Counter()).update(orders)
         if 0 in batch.errors:
             errors[row] = batch.errors[0]
         for name, value in zip(batch.feature_names, batch.values[0].tolist(), strict=True):

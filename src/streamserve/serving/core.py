@@ -32,7 +32,12 @@ from streamserve.formats.cache import ArtifactCache
 from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.budget import LiveModels
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
-from streamserve.serving.features import FeatureMapping, map_features, missing_features_error
+from streamserve.serving.features import (
+    FeatureMapping,
+    map_features,
+    missing_features_error,
+    positional_order,
+)
 from streamserve.serving.loader import LoadJob, ModelLoader
 from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
 from streamserve.serving.output import PublishableOutput, publishable
@@ -372,14 +377,8 @@ class ServingCore:
             return InputSpec(spec.width, names)  # already in the model's order
         order = slot.positional_order
         if order is None:
-            candidate = field_orders.get(slot.key, names)
-            if candidate is None:
-                raise MissingFeaturesError(
-                    f"model {served.identity.name!r} takes positional features, and the "
-                    f"records of key {slot.key!r} name their fields in differing orders, none "
-                    "carried by most of them: no order to feed it yet. Send a 'features' list, "
-                    "records in one order, or a model that names its inputs"
-                )
+            orders = field_orders.get(slot.key)
+            candidate = names if orders is None else positional_order(orders, spec, slot.key)
             if len(candidate) != spec.width:
                 raise MissingFeaturesError(
                     f"model {served.identity.name!r} takes {spec.width} positional features, "

@@ -8,6 +8,8 @@ Positional models take the batch's columns in codec order and need exactly their
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -92,3 +94,40 @@ def map_features(batch_names: tuple[str, ...], spec: InputSpec) -> FeatureMappin
 
 def missing_features_error(names: tuple[str, ...]) -> MissingFeaturesError:
     return MissingFeaturesError(f"record lacks feature(s) the model needs: {', '.join(names)}")
+
+
+def positional_order(
+    orders: Mapping[tuple[str, ...], int], spec: InputSpec, key: str
+) -> tuple[str, ...]:
+    """The field order to feed a positional model from records that name their fields, given how
+    many records carry each order: among the orders as long as the model is wide, the most
+    common set of fields, in the order more than half of its records carry.
+
+    JSON objects have no order of their own: only a clear majority is one. Raises
+    :class:`MissingFeaturesError` when there is none (the records alone cannot say).
+    """
+    wide = {order: count for order, count in orders.items() if len(order) == spec.width}
+    if not wide:
+        longest = max(orders, key=len, default=())
+        return longest  # of another width: the caller says so
+    by_fields: Counter[frozenset[str]] = Counter()
+    for order, count in wide.items():
+        by_fields[frozenset(order)] += count
+    (fields, voters), *others = by_fields.most_common(2)
+    if others and others[0][1] == voters:
+        raise MissingFeaturesError(
+            f"the records of key {key!r} carry different sets of {spec.width} fields equally "
+            f"often ({', '.join(sorted(fields))} and {', '.join(sorted(others[0][0]))}): no "
+            "order to feed its positional model yet"
+        )
+    order, count = max(
+        ((order, count) for order, count in wide.items() if frozenset(order) == fields),
+        key=lambda item: item[1],
+    )
+    if 2 * count <= voters:
+        raise MissingFeaturesError(
+            f"the records of key {key!r} name their fields in differing orders, none carried "
+            "by most of them: no order to feed its positional model yet. Send a 'features' "
+            "list, records in one order, or a model that names its inputs"
+        )
+    return order
