@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import orjson
+import pytest
 
 from streamserve.descriptor import ModelDescriptor, encode_descriptor
 
@@ -102,63 +103,36 @@ def test_a_format_from_an_outside_package_serves_through_the_entry_point_group(
     ]
 
 
-def test_pmml_and_pytorch_models_load_in_one_process_in_either_order(wine_dir: Path) -> None:
-    """The JVM (PMML) starts first here; PyTorch must still import and serve."""
-    script = textwrap.dedent(f"""
-        import io, sys
-        from pathlib import Path
-        from streamserve.descriptor import ModelDescriptor, ModelType
-        from streamserve.serving.core import ServingCore
-        from streamserve.settings import ServingSettings
-
-        core = ServingCore(ServingSettings())
-        pmml = Path({str(wine_dir / "winequalityLinearRegression.pmml")!r}).read_bytes()
-        core.submit_model(ModelDescriptor(name="pmml", data_type="a", model_type=ModelType.PMML,
-                                          data=pmml))
-        assert core.wait_for_models(120)
-        import torch  # only now, with the JVM running
-        program = torch.export.export(torch.nn.Linear(11, 1), (torch.zeros(2, 11),),
-                                      dynamic_shapes=({{0: torch.export.Dim("rows")}},))
-        buffer = io.BytesIO()
-        torch.export.save(program, buffer)
-        core.submit_model(ModelDescriptor(name="torch", data_type="b",
-                                          model_type=ModelType.PYTORCH, data=buffer.getvalue()))
-        assert core.wait_for_models(120)
-        events = [(e.name, e.kind.value, e.reason) for e in core.drain_events()]
-        core.close()
-        print(events)
-        sys.exit(0 if [k for _, k, _ in events] == ["model_staged"] * 2 else 1)
-    """)
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert done.returncode == 0, (done.stdout + done.stderr).decode()[-3000:]
-
-
-def test_a_pytorch_model_after_a_tensorflow_model_does_not_crash_the_process(
-    wine_dir: Path,
+@pytest.mark.parametrize(
+    ("first_file", "first_type", "torch_import"),
+    [
+        # The JVM (PMML) starts first: torch must still import and serve.
+        ("winequalityLinearRegression.pmml", "PMML", "import torch"),
+        # TensorFlow loads first: triton, which torch imports when installed, crashed the
+        # process (a segmentation fault); the torch format keeps it out.
+        (
+            "optimized_WineQuality.pb",
+            "TENSORFLOW",
+            "from streamserve.formats.torch import import_torch; torch = import_torch()",
+        ),
+    ],
+)
+def test_a_pytorch_model_loads_in_a_process_that_serves_another_format_first(
+    wine_dir: Path, first_file: str, first_type: str, torch_import: str
 ) -> None:
-    """torch imports triton when it is installed; triton loaded after TensorFlow crashed the
-    process (a segmentation fault). The torch format keeps triton out."""
     script = textwrap.dedent(f"""
         import io, sys
         from pathlib import Path
         from streamserve.descriptor import ModelDescriptor, ModelType
-        from streamserve.formats.torch import import_torch
         from streamserve.serving.core import ServingCore
         from streamserve.settings import ServingSettings
 
         core = ServingCore(ServingSettings())
-        graph = Path({str(wine_dir / "optimized_WineQuality.pb")!r}).read_bytes()
-        core.submit_model(ModelDescriptor(name="tf", data_type="a",
-                                          model_type=ModelType.TENSORFLOW, data=graph))
+        first = Path({str(wine_dir / first_file)!r}).read_bytes()
+        core.submit_model(ModelDescriptor(name="first", data_type="a",
+                                          model_type=ModelType.{first_type}, data=first))
         assert core.wait_for_models(120)
-        assert "tensorflow" in sys.modules
-        torch = import_torch()
+        {torch_import}  # only now, with the other format's runtime loaded
         program = torch.export.export(torch.nn.Linear(11, 1), (torch.zeros(2, 11),),
                                       dynamic_shapes=({{0: torch.export.Dim("rows")}},))
         buffer = io.BytesIO()

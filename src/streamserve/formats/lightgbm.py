@@ -15,10 +15,6 @@ model is re-made from the same bytes), and with an artifact cache so does every 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-import threading
-from collections import OrderedDict
 from typing import Any
 
 from streamserve.descriptor import OutputRule
@@ -32,10 +28,9 @@ from streamserve.formats.base import (
     RuledModel,
     import_optional,
 )
-from streamserve.formats.cache import bytes_digest
+from streamserve.formats.isolation import REMEMBERED_PASSES, CheckedOnce, ChildCheck
 
 _GENERATED_NAME = re.compile(r"Column_\d+")
-REMEMBERED_PASSES = 10_000  # hex digests: about 1.8 MB when full
 
 
 def _lightgbm() -> Any:
@@ -66,7 +61,7 @@ class LightGBMFactory:
         self, context: FactoryContext, *, remembered_passes: int = REMEMBERED_PASSES
     ) -> None:
         self._context = context
-        self._passed = _RecentDigests(remembered_passes)
+        self._checked = CheckedOnce(PARSE_CHECK, context.cache, remembered_passes)
 
     def load(self, request: LoadRequest) -> Model:
         lightgbm = _lightgbm()
@@ -76,7 +71,7 @@ class LightGBMFactory:
             text = data.decode("utf-8")
         except UnicodeDecodeError as err:
             raise ModelLoadError(f"{where}: not a LightGBM text model (not UTF-8)") from err
-        self._check_once(data, text, where)
+        self._checked.ensure(data, where)
         try:
             booster = lightgbm.Booster(model_str=text)
         except Exception as err:
@@ -85,63 +80,11 @@ class LightGBMFactory:
             ) from err
         return LightGBMModel(booster, self._context.threads_per_model, request.output, request.name)
 
-    def _check_once(self, data: bytes, text: str, where: str) -> None:
-        """Checks ``text`` in a child process unless it passed before, here or in the cache."""
-        digest = bytes_digest(data)
-        if self._passed.remembers(digest):
-            return
-        cache = self._context.cache
-        if cache is None or not cache.has_passed(PARSE_CHECK, data):
-            _check_in_child_process(text, where)
-            if cache is not None:
-                cache.record_pass(PARSE_CHECK, data)
-        self._passed.add(digest)
 
-
-class _RecentDigests:
-    """The last ``capacity`` digests added, safe to share between loader threads."""
-
-    def __init__(self, capacity: int) -> None:
-        self._capacity = capacity
-        self._digests: OrderedDict[str, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def remembers(self, digest: str) -> bool:
-        with self._lock:
-            if digest not in self._digests:
-                return False
-            self._digests.move_to_end(digest)  # the models in use stay remembered
-            return True
-
-    def add(self, digest: str) -> None:
-        with self._lock:
-            self._digests[digest] = None
-            self._digests.move_to_end(digest)
-            while len(self._digests) > self._capacity:
-                self._digests.popitem(last=False)
-
-
-PARSE_CHECK = "lightgbm-parse"
-_CHECK = "import sys, lightgbm; lightgbm.Booster(model_str=sys.stdin.read())"
-CHECK_TIMEOUT_S = 300.0
-
-
-def _check_in_child_process(text: str, where: str) -> None:
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", _CHECK],
-            input=text.encode(),
-            capture_output=True,
-            timeout=CHECK_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise ModelLoadError(
-            f"{where}: checking the model in a child process failed: {err}"
-        ) from err
-    if done.returncode != 0:
-        errors = done.stderr.decode("utf-8", "replace")
-        fatal = [line for line in errors.splitlines() if "[Fatal]" in line]
-        detail = fatal[-1].strip() if fatal else (errors.strip().splitlines() or ["no output"])[-1]
-        how = "crashed" if done.returncode < 0 else "failed"
-        raise ModelLoadError(f"{where}: LightGBM cannot parse it (the check {how}: {detail})")
+PARSE_CHECK = ChildCheck(
+    name="lightgbm-parse",
+    script="import sys, lightgbm; lightgbm.Booster(model_str=sys.stdin.read())",
+    library="LightGBM",
+    verb="parse",
+    marker="[Fatal]",
+)

@@ -15,10 +15,6 @@ by this factory for the models it loaded last), so re-instantiation costs no new
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
-import threading
-from collections import OrderedDict
 from typing import Any
 
 import orjson
@@ -34,7 +30,7 @@ from streamserve.formats.base import (
     RuledModel,
     import_optional,
 )
-from streamserve.formats.cache import bytes_digest
+from streamserve.formats.isolation import REMEMBERED_PASSES, CheckedOnce, ChildCheck
 
 
 def _xgboost() -> Any:
@@ -58,18 +54,18 @@ class XGBoostModel(RuledModel):
 class XGBoostFactory:
     format_name = "xgboost"
 
-    def __init__(self, context: FactoryContext, *, remembered_passes: int = 1024) -> None:
+    def __init__(
+        self, context: FactoryContext, *, remembered_passes: int = REMEMBERED_PASSES
+    ) -> None:
         self._context = context
-        self._passed: OrderedDict[str, None] = OrderedDict()
-        self._passed_lock = threading.Lock()
-        self._remembered_passes = remembered_passes
+        self._checked = CheckedOnce(LOAD_CHECK, context.cache, remembered_passes)
 
     def load(self, request: LoadRequest) -> Model:
         xgboost = _xgboost()
         where = f"XGBoost model {request.name!r}"
         data = request.artifact.read_bytes()
         check_complete_document(data, where)
-        self._check_once(data, where)
+        self._checked.ensure(data, where)
         booster = xgboost.Booster(params={"nthread": self._context.threads_per_model})
         try:
             booster.load_model(bytearray(data))
@@ -82,56 +78,21 @@ class XGBoostFactory:
             ) from err
         return XGBoostModel(booster, request.output, request.name)
 
-    def _check_once(self, data: bytes, where: str) -> None:
-        """Loads and probes ``data`` in a child process unless it passed before."""
-        digest = bytes_digest(data)
-        with self._passed_lock:
-            if digest in self._passed:
-                self._passed.move_to_end(digest)
-                return
-        cache = self._context.cache
-        if cache is None or not cache.has_passed(LOAD_CHECK, data):
-            check_in_child_process(data, where)
-            if cache is not None:
-                cache.record_pass(LOAD_CHECK, data)
-        with self._passed_lock:
-            self._passed[digest] = None
-            while len(self._passed) > self._remembered_passes:
-                self._passed.popitem(last=False)
 
-
-LOAD_CHECK = "xgboost-load"
-_CHECK = """
+LOAD_CHECK = ChildCheck(
+    name="xgboost-load",
+    script="""
 import sys, numpy, xgboost
 booster = xgboost.Booster(params={"nthread": 1})
 booster.load_model(bytearray(sys.stdin.buffer.read()))
 width = booster.num_features()
 for value in (0.0, 1.0, -1.0, 1e9, -1e9, float("nan")):
     booster.inplace_predict(numpy.full((2, max(width, 1)), value), validate_features=False)
-"""
-CHECK_TIMEOUT_S = 300.0
-
-
-def check_in_child_process(data: bytes, where: str) -> None:
-    """Raises ModelLoadError unless a child process loads ``data`` and scores a probe."""
-    try:
-        done = subprocess.run(
-            [sys.executable, "-c", _CHECK],
-            input=data,
-            capture_output=True,
-            timeout=CHECK_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise ModelLoadError(
-            f"{where}: checking the model in a child process failed: {err}"
-        ) from err
-    if done.returncode != 0:
-        errors = done.stderr.decode("utf-8", "replace").strip().splitlines()
-        detail = next((line for line in reversed(errors) if "Error" in line), None)
-        detail = detail or (errors[-1] if errors else "no output")
-        how = "crashed" if done.returncode < 0 else "failed"
-        raise ModelLoadError(f"{where}: XGBoost cannot load it (the check {how}: {detail})")
+""",
+    library="XGBoost",
+    verb="load",
+    marker="Error",
+)
 
 
 def check_complete_document(data: bytes, where: str) -> None:

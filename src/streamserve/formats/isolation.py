@@ -1,0 +1,91 @@
+"""Model checks in a short-lived child process, run once per distinct model.
+
+Some libraries crash their whole process on malformed models — XGBoost 3.2 segfaults on
+out-of-range tree indices, LightGBM 4.7 aborts while parsing trees — and no exception handler can
+catch that. Their formats first load the model in a child process and load it here only if that
+succeeds. A check costs a second or two, so the bytes that passed are remembered: in memory (the
+last ``capacity`` digests; an evicted model is made again from the same bytes) and, with an
+artifact cache, on disk for every process sharing it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from streamserve.errors import ModelLoadError
+from streamserve.formats.cache import ArtifactCache, bytes_digest
+
+REMEMBERED_PASSES = 10_000  # hex digests: about 1.8 MB when full
+CHECK_TIMEOUT_S = 300.0
+
+
+@dataclass(frozen=True)
+class ChildCheck:
+    """A Python ``script`` that reads a model from stdin and exits 0 if the library takes it.
+
+    ``library`` and ``verb`` name it in errors ("XGBoost cannot load it"); ``marker`` picks the
+    line of the child's stderr that says why (the last one containing it, else the last line).
+    """
+
+    name: str
+    script: str
+    library: str
+    verb: str
+    marker: str
+
+    def run(self, data: bytes, where: str) -> None:
+        """Raises :class:`ModelLoadError` unless a child process takes ``data``."""
+        try:
+            done = subprocess.run(
+                [sys.executable, "-c", self.script],
+                input=data,
+                capture_output=True,
+                timeout=CHECK_TIMEOUT_S,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise ModelLoadError(
+                f"{where}: checking the model in a child process failed: {err}"
+            ) from err
+        if done.returncode != 0:
+            lines = done.stderr.decode("utf-8", "replace").strip().splitlines()
+            detail = next((line for line in reversed(lines) if self.marker in line), None)
+            detail = (detail or (lines[-1] if lines else "no output")).strip()
+            how = "crashed" if done.returncode < 0 else "failed"
+            raise ModelLoadError(
+                f"{where}: {self.library} cannot {self.verb} it (the check {how}: {detail})"
+            )
+
+
+class CheckedOnce:
+    """Runs a :class:`ChildCheck` once per distinct model bytes, safe between loader threads."""
+
+    def __init__(
+        self, check: ChildCheck, cache: ArtifactCache | None, capacity: int = REMEMBERED_PASSES
+    ) -> None:
+        self._check = check
+        self._cache = cache
+        self._capacity = capacity
+        self._passed: OrderedDict[str, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def ensure(self, data: bytes, where: str) -> None:
+        """Returns if ``data`` passed before (here or in the cache), else checks it now."""
+        digest = bytes_digest(data)
+        with self._lock:
+            if digest in self._passed:
+                self._passed.move_to_end(digest)  # the models in use stay remembered
+                return
+        cache, name = self._cache, self._check.name
+        if cache is None or not cache.has_passed(name, data):
+            self._check.run(data, where)
+            if cache is not None:
+                cache.record_pass(name, data)
+        with self._lock:
+            self._passed[digest] = None
+            while len(self._passed) > self._capacity:
+                self._passed.popitem(last=False)
