@@ -114,8 +114,8 @@ class CountingCore(ServingCore):
         self._finished = threading.Condition()
         self.loads_finished = 0
 
-    def load_done(self, sequence: int) -> None:
-        super().load_done(sequence)
+    def load_done(self, key: str, sequence: int) -> None:
+        super().load_done(key, sequence)
         with self._finished:
             self.loads_finished += 1
             self._finished.notify_all()

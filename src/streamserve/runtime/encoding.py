@@ -20,6 +20,8 @@ from streamserve.serving.events import ModelEvent, ModelEventKind
 from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
 
 Encoded = tuple[bytes | None, bytes]  # (message key, message value)
+MAX_ERROR_INPUT_BYTES = 64 * 1024  # at most 6x that once JSON-escaped: under Kafka's 1 MB
+MAX_REASON_CHARS = 4096
 
 
 def encode_outcome(outcome: BatchOutcome) -> tuple[list[Encoded], list[Encoded]]:
@@ -89,18 +91,33 @@ def encode_internal_error(record: InputRecord, err: BaseException) -> Encoded:
 
 
 def encode_record_error(error: RecordError, record: InputRecord) -> Encoded:
+    """The error record of ``record``: its reason and its input, both bounded.
+
+    An error record must always be publishable, whatever the record: past
+    ``MAX_ERROR_INPUT_BYTES`` the input is cut (``input_truncated``, ``input_bytes``; the record
+    itself stays at its ``position``), since JSON escaping can grow it sixfold and an output the
+    broker refuses would stop the replica at that record again after every restart.
+    """
+    reason = error.reason
+    if len(reason) > MAX_REASON_CHARS:
+        reason = reason[:MAX_REASON_CHARS] + "… (cut)"
     document: dict[str, object] = {
         "kind": error.kind,
-        "reason": error.reason,
+        "reason": reason,
         "key": error.key,
         "model": error.model.name if error.model else None,
         "version": error.model.version if error.model else None,
         "position": record.position,
     }
+    payload = record.payload
+    if len(payload) > MAX_ERROR_INPUT_BYTES:
+        document["input_truncated"] = True
+        document["input_bytes"] = len(payload)
+        payload = payload[:MAX_ERROR_INPUT_BYTES]
     try:
-        document["input"] = record.payload.decode("utf-8")
+        document["input"] = payload.decode("utf-8")
     except UnicodeDecodeError:
-        document["input_base64"] = base64.b64encode(record.payload).decode("ascii")
+        document["input_base64"] = base64.b64encode(payload).decode("ascii")
     key = error.key.encode("utf-8", "replace") if error.key else record.key
     try:
         return key, orjson.dumps(document)

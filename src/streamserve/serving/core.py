@@ -78,7 +78,7 @@ class ServingCore:
         self._unloaded_at: dict[str, int] = {}
         # rejections of models for keys that have no slot: bounded, however many such keys
         self._keyless_rejections: deque[Rejection] = deque(maxlen=MAX_KEYLESS_REJECTIONS)
-        self._loading: set[int] = set()  # sequence numbers of the models loading now
+        self._loading: dict[str, set[int]] = {}  # key -> sequence numbers of its loads pending
         self._slots_lock = threading.Lock()
         self._sequence = itertools.count()
         self.live_models = LiveModels(settings.max_live_models)
@@ -128,22 +128,21 @@ class ServingCore:
         self._count(model_messages=1)
         with self._slots_lock:  # sequence numbers in submission order, unloads included
             sequence = next(self._sequence)
-            self._loading.add(sequence)
+            self._loading.setdefault(descriptor.data_type, set()).add(sequence)
         self._loader.submit(LoadJob(descriptor, sequence, origin))
 
-    def load_done(self, sequence: int) -> None:
-        """The loader finished (staged or rejected) the model submitted as ``sequence``."""
+    def load_done(self, key: str, sequence: int) -> None:
+        """The loader finished (staged or rejected) the model of ``key`` submitted as
+        ``sequence``. The key's unload floor goes once no load of the key older than it is left:
+        floors exist only while they can matter, whatever keys tombstones name."""
         with self._slots_lock:
-            self._loading.discard(sequence)
-            self._prune_floors()
-
-    def _prune_floors(self) -> None:
-        """Under the lock: forgets unload floors that no pending load is older than."""
-        oldest = min(self._loading, default=None)
-        if len(self._unloaded_at) and (oldest is None or min(self._unloaded_at.values()) < oldest):
-            self._unloaded_at = {
-                k: f for k, f in self._unloaded_at.items() if oldest is not None and f > oldest
-            }
+            pending = self._loading.get(key, set())
+            pending.discard(sequence)
+            if not pending:
+                self._loading.pop(key, None)
+            floor = self._unloaded_at.get(key)
+            if floor is not None and min(pending, default=floor) >= floor:
+                del self._unloaded_at[key]
 
     def wait_for_models(self, timeout_s: float | None = None) -> bool:
         """Waits until every submitted model is staged or rejected; False on timeout."""
@@ -205,7 +204,7 @@ class ServingCore:
                 "slots": len(self._slots),
                 "unload_floors": len(self._unloaded_at),
                 "keyless_rejections": len(self._keyless_rejections),
-                "loading": len(self._loading),
+                "loading": sum(len(pending) for pending in self._loading.values()),
             }
 
     def unload(self, key: str, origin: str = "") -> bool:
@@ -215,9 +214,9 @@ class ServingCore:
         never comes back; one submitted after it serves the key again.
         """
         with self._slots_lock:
-            # A floor matters only to loads submitted before it and still pending.
-            self._unloaded_at[key] = next(self._sequence)
-            self._prune_floors()
+            floor = next(self._sequence)
+            if key in self._loading:  # only loads submitted before it and pending need a floor
+                self._unloaded_at[key] = floor
             slot = self._slots.pop(key, None)
         if slot is None:
             return False

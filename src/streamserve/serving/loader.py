@@ -9,10 +9,11 @@ key, else zeros) into one output per row.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +39,9 @@ from streamserve.serving.slot import ModelIdentity, ModelSlot, Rejection, Served
 from streamserve.serving.stats import ModelServingInfo
 
 PROBE_ROWS = 2
+CLOSE_TIMEOUT_S = 10.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class SlotDirectory(Protocol):
 
     def reject(self, rejection: Rejection) -> None: ...
 
-    def load_done(self, sequence: int) -> None: ...
+    def load_done(self, key: str, sequence: int) -> None: ...
 
 
 class ModelLoader:
@@ -65,6 +69,10 @@ class ModelLoader:
 
     A key's slot is created only when one of its models stages: rejected models and
     tombstones for keys nobody serves leave nothing behind but a bounded rejection record.
+
+    The threads are daemons, and :meth:`close` waits for a load in progress only a while: a
+    load that hangs (a location on a dead network mount, a library stuck in native code) cannot
+    be interrupted, and must not keep the process from stopping.
     """
 
     def __init__(
@@ -82,14 +90,23 @@ class ModelLoader:
         self._events = events
         self._slots = slots
         self._model_roots = tuple(model_roots)
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="model-loader")
+        self._jobs: queue.SimpleQueue[LoadJob | None] = queue.SimpleQueue()
+        self._workers = [
+            threading.Thread(target=self._work, name=f"model-loader-{number}", daemon=True)
+            for number in range(threads)
+        ]
+        for worker in self._workers:
+            worker.start()
         self._pending = 0
+        self._closed = False
         self._idle = threading.Condition()
 
-    def submit(self, job: LoadJob) -> Future[None]:
+    def submit(self, job: LoadJob) -> None:
         with self._idle:
+            if self._closed:
+                return
             self._pending += 1
-        return self._executor.submit(self._run, job)
+        self._jobs.put(job)
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
         """Waits until every submitted model is staged or rejected; False on timeout."""
@@ -100,17 +117,44 @@ class ModelLoader:
     def pending(self) -> int:
         return self._pending
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
+        """Drops the loads not started, and waits up to ``timeout_s`` for those in progress."""
+        with self._idle:
+            self._closed = True
+        for _ in self._workers:
+            self._jobs.put(None)
+        deadline = time.monotonic() + timeout_s
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        stuck = [worker.name for worker in self._workers if worker.is_alive()]
+        if stuck:
+            log.warning(
+                "%d model loads still running after %.0f s (%s); leaving them behind",
+                len(stuck),
+                timeout_s,
+                ", ".join(stuck),
+            )
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            if self._closed:  # dropped: the core is closing
+                self._finish(job)
+                continue
+            self._run(job)
+
+    def _finish(self, job: LoadJob) -> None:
+        self._slots.load_done(job.descriptor.data_type, job.sequence)
+        with self._idle:
+            self._pending -= 1
+            self._idle.notify_all()
 
     def _run(self, job: LoadJob) -> None:
         try:
             self._load_and_stage(job)
+        except Exception:  # a loader thread must outlive any load; _load_and_stage rejects
+            log.exception("loading model %r failed unexpectedly", job.descriptor.name)
         finally:
-            self._slots.load_done(job.sequence)
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
+            self._finish(job)
 
     def _load_and_stage(self, job: LoadJob) -> None:
         descriptor = job.descriptor
