@@ -9,7 +9,7 @@ not features.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -44,7 +44,7 @@ class JsonCodec:
             decoded.errors,
         )
         batch = batch_from_rows(records, names, rows)
-        batch.field_orders = _field_orders(decoded)
+        batch.field_orders = _FieldOrders(decoded)
         return batch
 
     def _decode_one(self, record: InputRecord) -> tuple[str, dict[str, float]]:
@@ -80,13 +80,31 @@ def _features(document: dict[str, object], key_field: str) -> dict[str, float]:
     return features
 
 
-def _field_orders(decoded: DecodedRecords[dict[str, float]]) -> dict[str, Counter[FieldOrder]]:
-    """Per key, how many of its records carry each field order."""
-    seen: dict[str, Counter[FieldOrder]] = {}
-    for key, features in zip(decoded.keys, decoded.rows, strict=True):
-        if key is not None and features is not None:
-            seen.setdefault(key, Counter())[tuple(features)] += 1
-    return seen
+class _FieldOrders(Mapping[str, Mapping[FieldOrder, int]]):
+    """Per key, how many of its records carry each field order; counted on first use, since
+    only a positional model whose key has no fixed order yet asks (once per key)."""
+
+    def __init__(self, decoded: DecodedRecords[dict[str, float]]) -> None:
+        self._decoded = decoded
+        self._counted: dict[str, Counter[FieldOrder]] | None = None
+
+    def _counts(self) -> dict[str, Counter[FieldOrder]]:
+        if self._counted is None:
+            counted: dict[str, Counter[FieldOrder]] = {}
+            for key, features in zip(self._decoded.keys, self._decoded.rows, strict=True):
+                if key is not None and features is not None:
+                    counted.setdefault(key, Counter())[tuple(features)] += 1
+            self._counted = counted
+        return self._counted
+
+    def __getitem__(self, key: str) -> Mapping[FieldOrder, int]:
+        return self._counts()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._counts())
+
+    def __len__(self) -> int:
+        return len(self._counts())
 
 
 def _column_names(parsed: list[dict[str, float] | None]) -> tuple[str, ...]:
