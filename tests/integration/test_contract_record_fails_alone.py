@@ -145,3 +145,40 @@ def _core_with_python_model(function: object) -> ServingCore:
     core.submit_model(ModelDescriptor(name="py", data_type="k", model_type=301, data=b"x"))
     assert core.wait_for_models(60)
     return core
+
+
+def test_the_feature_names_option_names_a_positional_models_columns() -> None:
+    """With its columns named by the publisher, a positional model takes named records in any
+    field order, and one odd first record can fix nothing wrong."""
+    named = ModelDescriptor(
+        name="abc",
+        data_type="k",
+        model_type=ModelType.ONNX,
+        data=onnx_linear(WEIGHTS, 0.0),
+        options={"feature_names": "a, b, c"},
+    )
+    records = [_record(c=3, a=1, bb=2)] + [_record(c=3, b=2, a=1), _record(a=1, b=2, c=3)] * 3
+    core = ServingCore(ServingSettings())
+    with core:
+        run = serve_records(core, JsonCodec(), records_from(records), models=[named])
+        slot = core.find_slot("k")
+        assert slot is not None
+        assert slot.positional_order is None, "named by its publisher: no order needed"
+    assert [r["value"] for r in run.results] == [321.0] * 6
+    (error,) = run.errors
+    assert "lacks feature(s) the model needs: b" in error["reason"]
+
+
+def test_a_feature_names_option_of_the_wrong_width_rejects_the_model() -> None:
+    wrong = ModelDescriptor(
+        name="abc",
+        data_type="k",
+        model_type=ModelType.ONNX,
+        data=onnx_linear(WEIGHTS, 0.0),
+        options={"feature_names": "a,b"},
+    )
+    core = ServingCore(ServingSettings())
+    with core:
+        run = serve_records(core, JsonCodec(), records_from([_record(a=1, b=2)]), models=[wrong])
+    (rejection,) = [e for e in run.errors if e["kind"] == "model_rejected"]
+    assert "must name each of its 3 input columns once" in rejection["reason"]

@@ -1,7 +1,7 @@
 """ONNX models through onnxruntime (model type ONNX).
 
-Inputs: one 2-D tensor is a positional model (features in codec order) unless option
-``feature_names`` (comma-separated) names its columns; several inputs of one column each are
+Inputs: one 2-D tensor is a positional model (features in codec order; the ``feature_names``
+option, which every format takes, names its columns); several inputs of one column each are
 named by their input names. Output: option ``output`` names it, else the first output.
 Each session runs with ``threads_per_model`` intra-op threads (default 1) and no memory arena.
 """
@@ -128,19 +128,5 @@ class OnnxFactory:
                 f"ONNX model {request.name!r}: option output={output_name!r} is "
                 f"not one of its outputs {outputs}"
             )
-        inputs = _with_feature_names(_input_spec(session.get_inputs(), request.name), request)
+        inputs = _input_spec(session.get_inputs(), request.name)
         return OnnxModel(session, output_name, inputs, request.output, request.name)
-
-
-def _with_feature_names(spec: InputSpec, request: LoadRequest) -> InputSpec:
-    """The input spec, with its columns named by option ``feature_names`` when given."""
-    names = request.options.get("feature_names")
-    if names is None:
-        return spec
-    declared = tuple(name.strip() for name in names.split(","))
-    if len(declared) != spec.width:
-        raise ModelLoadError(
-            f"ONNX model {request.name!r}: option feature_names names "
-            f"{len(declared)} features, the input is {spec.width} wide"
-        )
-    return InputSpec(width=len(declared), names=declared)

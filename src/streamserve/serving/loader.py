@@ -34,6 +34,7 @@ from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.budget import LiveModels
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.features import map_features
+from streamserve.serving.named_inputs import with_feature_names
 from streamserve.serving.output import VALUE_TYPE_OPTION, ValueType, check_probe
 from streamserve.serving.slot import ModelIdentity, ModelSlot, Rejection, ServedModel
 from streamserve.serving.stats import ModelServingInfo
@@ -236,7 +237,7 @@ class ModelLoader:
                 f"{factory.format_name} factory returned {type(model).__name__}, "
                 "not a Model with an InputSpec"
             )
-        return model
+        return with_feature_names(model, descriptor.options, descriptor.name)
 
     def _artifact(self, descriptor: ModelDescriptor) -> Artifact:
         if descriptor.data is not None:
