@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -22,32 +21,24 @@ from streamserve.codecs.base import DecodedBatch
 from streamserve.descriptor import ModelDescriptor, decode_descriptor
 from streamserve.errors import (
     DescriptorError,
-    MissingFeaturesError,
     NoModelError,
     RejectedInput,
     ScoringError,
 )
-from streamserve.formats.base import FactoryContext, FloatMatrix, InputSpec, Model
+from streamserve.formats.base import FactoryContext, FloatMatrix
 from streamserve.formats.cache import ArtifactCache
 from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.budget import LiveModels
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
-from streamserve.serving.features import (
-    FeatureMapping,
-    map_features,
-    missing_features_error,
-    positional_order,
-)
 from streamserve.serving.loader import LoadJob, ModelLoader
-from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
-from streamserve.serving.output import PublishableOutput, publishable
+from streamserve.serving.outcome import BatchOutcome, RecordError
+from streamserve.serving.scoring import ModelScoring
 from streamserve.serving.slot import ModelSlot, Rejection, ServedModel
 from streamserve.settings import ServingSettings
 
 # Upper bounds of the batch-size histogram; the last bucket takes every larger batch.
 BATCH_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 1 << 62)
 MAX_KEYLESS_REJECTIONS = 1000
-QUARANTINE_MIN_BATCHES = 3  # failing batches in a row, beside the records, before a quarantine
 
 
 class ServingCore:
@@ -92,6 +83,7 @@ class ServingCore:
         )
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
+        self._scoring = ModelScoring(settings, self.live_models, self._events, self._count)
 
     def __enter__(self) -> ServingCore:
         return self
@@ -254,7 +246,7 @@ class ServingCore:
             except Exception as err:  # noqa: BLE001 - a defect must fail this key's rows only
                 outcome.drop_rows(rows)
                 reason = f"scoring the records of key {key!r} failed: {type(err).__name__}: {err}"
-                _fail_rows(outcome, rows, ScoringError(reason), key, None)
+                outcome.fail_rows(rows, ScoringError(reason), key, None)
         kinds = Counter(f"errors.{error.kind}" for error in outcome.errors)
         bucket = BATCH_SIZE_BUCKETS[bisect_left(BATCH_SIZE_BUCKETS, len(batch))]
         size_bucket = f"batch_size_le.{bucket}"
@@ -295,7 +287,7 @@ class ServingCore:
         """Scores one key's rows; ``complete`` when none of them lacks a value (no NaN)."""
         slot = self._slots.get(key)
         if slot is None:
-            _fail_rows(outcome, rows, self._no_model(key, None), key, None)
+            outcome.fail_rows(rows, self._no_model(key, None), key, None)
             return
         if complete:
             names, values = batch.feature_names, batch.values[rows]
@@ -305,7 +297,7 @@ class ServingCore:
             slot.observe(names, values, self._settings.validation_rows)
         with slot.batch_model() as (served, swapped):
             if served is None:
-                _fail_rows(outcome, rows, self._no_model(key, slot), key, None)
+                outcome.fail_rows(rows, self._no_model(key, slot), key, None)
                 return
             if swapped:
                 self._events.put(
@@ -317,264 +309,9 @@ class ServingCore:
                         load_duration_s=served.load_duration_s,
                     )
                 )
-            self._score_with(served, slot, rows, (names, values), batch, outcome, complete, observe)
-
-    def _score_with(
-        self,
-        served: ServedModel,
-        slot: ModelSlot,
-        rows: npt.NDArray[np.intp],
-        columns: tuple[tuple[str, ...], FloatMatrix],
-        batch: DecodedBatch,
-        outcome: BatchOutcome,
-        complete: bool,
-        observe: bool,
-    ) -> None:
-        """Feeds the key's rows to ``served``: records that lack a feature (or carry one a
-        positional model cannot place) fail alone, the others are scored."""
-        key = slot.key
-        names, values = columns
-        try:
-            spec = self._input_spec(served, slot, names, batch, observe)
-            mapping = map_features(names, spec)
-        except MissingFeaturesError as err:
-            self._fail(outcome, rows, err, key, served)
-            return
-        if mapping.missing:
-            self._fail(outcome, rows, missing_features_error(mapping.missing), key, served)
-            return
-        features = mapping.gather(values)
-        incomplete = None if complete else np.isnan(features).any(axis=1)
-        if incomplete is not None and incomplete.any():
-            model_names = spec.names or tuple(names[i] for i in mapping.columns)
-            self._fail_incomplete(
-                outcome, rows[incomplete], features[incomplete], model_names, key, served
+            self._scoring.score(
+                served, slot, rows, (names, values), batch, outcome, complete, observe
             )
-            rows, values, features = rows[~incomplete], values[~incomplete], features[~incomplete]
-        if served.inputs.names is None:  # fields beyond the positional order: no place
-            kept = self._fail_extra_fields(outcome, rows, values, (names, mapping), served, key)
-            rows, features = rows[kept], features[kept]
-        if len(rows):
-            self._score_rows(rows, features, slot, served, outcome, observe)
-
-    def _input_spec(
-        self,
-        served: ServedModel,
-        slot: ModelSlot,
-        names: tuple[str, ...],
-        batch: DecodedBatch,
-        observe: bool,
-    ) -> InputSpec:
-        """The model's inputs as names: a positional model takes the key's fixed field order
-        (fixed from its stream records the first time one serves it; shown in ``/keys``).
-        Batches that are not the key's stream records (V2 requests) never fix it."""
-        field_orders, positional = batch.field_orders, batch.positional
-        spec = served.inputs
-        if spec.names is not None:
-            return spec
-        if positional and len(names) == spec.width:
-            return InputSpec(spec.width, names)  # already in the model's order
-        order = slot.positional_order
-        if order is None:
-            orders = field_orders.get(slot.key)
-            candidate = names if orders is None else positional_order(orders, spec, slot.key)
-            if len(candidate) != spec.width:
-                raise MissingFeaturesError(
-                    f"model {served.identity.name!r} takes {spec.width} positional features, "
-                    f"the records carry {len(candidate)} ({', '.join(candidate) or 'none'})"
-                )
-            order = slot.fix_positional_order(candidate) if observe else candidate
-        if len(order) != spec.width:
-            raise MissingFeaturesError(
-                f"model {served.identity.name!r} takes {spec.width} positional features, the "
-                f"records of key {slot.key!r} carry {len(order)} ({', '.join(order)})"
-            )
-        return InputSpec(spec.width, order)
-
-    def _fail_extra_fields(
-        self,
-        outcome: BatchOutcome,
-        rows: npt.NDArray[np.intp],
-        values: FloatMatrix,
-        columns: tuple[tuple[str, ...], FeatureMapping],
-        served: ServedModel,
-        key: str,
-    ) -> npt.NDArray[np.bool_]:
-        """Fails the records carrying fields outside a positional model's order (where would
-        they go?); returns which of ``rows`` are kept."""
-        names, mapping = columns
-        used = mapping.used_columns()
-        order = tuple(names[index] for index in mapping.columns.tolist())
-        extra = [index for index in range(len(names)) if index not in used]
-        if not extra:
-            return np.ones(len(rows), dtype=bool)
-        carries = ~np.isnan(values[:, extra])
-        odd = carries.any(axis=1)
-        for position in np.flatnonzero(odd).tolist():
-            fields = [names[extra[i]] for i in np.flatnonzero(carries[position]).tolist()]
-            error = MissingFeaturesError(
-                f"record carries field(s) {', '.join(fields)} that the positional model "
-                f"{served.identity.name!r} has no place for (its key's fields: "
-                f"{', '.join(order)})"
-            )
-            self._fail(outcome, rows[position : position + 1], error, key, served)
-        return np.asarray(~odd)
-
-    def _score_rows(
-        self,
-        rows: npt.NDArray[np.intp],
-        features: FloatMatrix,
-        slot: ModelSlot,
-        served: ServedModel,
-        outcome: BatchOutcome,
-        observe: bool,
-    ) -> None:
-        key = slot.key
-        started = time.perf_counter()
-        model_failures = 0  # records the model raised on (not values it gave for one record)
-        try:
-            with served.instance() as model:
-                try:
-                    checked = self._checked(model.score_batch(features), len(rows), served)
-                except Exception:  # noqa: BLE001 - isolate the failing records, one by one
-                    rows, scored, model_failures = self._score_one_by_one(
-                        rows, features, key, served, model, outcome
-                    )
-                else:
-                    rows, scored = self._fail_unpublishable(rows, checked, key, served, outcome)
-        except ScoringError as err:  # the evicted instance could not be made again
-            self._fail(outcome, rows, err, key, served)
-            rows, model_failures = rows[:0], len(rows)
-        self.live_models.touch(served)
-        elapsed = time.perf_counter() - started
-        if len(rows):
-            served.consecutive_failures = served.failing_batches = 0
-            served.stats.record_batch(len(rows), elapsed)
-            outcome.groups.append(
-                ScoredGroup(key, served.identity, rows, scored, elapsed / len(rows))
-            )
-        elif model_failures and observe:  # a V2 client can never quarantine a model
-            self._count_failures(slot, served, model_failures, outcome.errors[-1].reason)
-
-    def _count_failures(
-        self, slot: ModelSlot, served: ServedModel, failures: int, last_reason: str
-    ) -> None:
-        """Quarantines a model that raised on every record of several batches in a row: its
-        backend broke, say. Records that fail now and then, between scored ones, never do."""
-        served.consecutive_failures += failures
-        served.failing_batches += 1
-        if (
-            served.consecutive_failures >= self._settings.quarantine_after_failures
-            and served.failing_batches >= QUARANTINE_MIN_BATCHES
-        ):
-            self._quarantine(slot, served, last_reason)
-
-    def _checked(self, output: object, rows: int, served: ServedModel) -> PublishableOutput:
-        """The output if it is publishable and of the model's value type; raises otherwise."""
-        checked = publishable(output, rows)
-        if checked.value_type != served.value_type:
-            raise ScoringError(
-                f"model returned {checked.value_type} values; it publishes {served.value_type}"
-            )
-        return checked
-
-    def _fail_unpublishable(
-        self,
-        rows: npt.NDArray[np.intp],
-        checked: PublishableOutput,
-        key: str,
-        served: ServedModel,
-        outcome: BatchOutcome,
-    ) -> tuple[npt.NDArray[np.intp], np.ndarray]:
-        if not checked.failed:
-            return rows, checked.values
-        for position, reason in checked.failed.items():
-            error = ScoringError(f"model {served.identity.name!r}: {reason}")
-            self._fail(outcome, rows[position : position + 1], error, key, served)
-        kept = np.ones(len(rows), dtype=bool)
-        kept[list(checked.failed)] = False
-        return rows[kept], checked.values[kept]
-
-    def _score_one_by_one(
-        self,
-        rows: npt.NDArray[np.intp],
-        features: FloatMatrix,
-        key: str,
-        served: ServedModel,
-        model: Model,
-        outcome: BatchOutcome,
-    ) -> tuple[npt.NDArray[np.intp], np.ndarray, int]:
-        """Scores each record alone: (rows scored, their values, records the model raised on)."""
-        kept: list[int] = []
-        values: list[np.ndarray] = []
-        raised = 0
-        for position, row in enumerate(rows.tolist()):
-            try:
-                checked = self._checked(
-                    model.score_batch(features[position : position + 1]), 1, served
-                )
-            except Exception as err:  # noqa: BLE001 - any model failure is this record's error
-                reason = f"model {served.identity.name!r} failed to score the record: {err}"
-                self._fail(outcome, np.array([row]), ScoringError(reason), key, served)
-                raised += 1
-                continue
-            if checked.failed:  # a value this record led to, not a model that fails
-                reason = f"model {served.identity.name!r}: {checked.failed[0]}"
-                self._fail(outcome, np.array([row]), ScoringError(reason), key, served)
-                continue
-            kept.append(row)
-            values.append(checked.values)
-        scored = np.concatenate(values) if values else np.empty(0)
-        return np.asarray(kept, dtype=np.intp), scored, raised
-
-    def _fail(
-        self,
-        outcome: BatchOutcome,
-        rows: npt.NDArray[np.intp],
-        error: RejectedInput,
-        key: str,
-        served: ServedModel,
-    ) -> None:
-        served.stats.record_errors(len(rows))
-        _fail_rows(outcome, rows, error, key, served)
-
-    def _fail_incomplete(
-        self,
-        outcome: BatchOutcome,
-        rows: npt.NDArray[np.intp],
-        features: FloatMatrix,
-        names: tuple[str, ...],
-        key: str,
-        served: ServedModel,
-    ) -> None:
-        for row, missing in zip(rows.tolist(), np.isnan(features), strict=True):
-            absent = tuple(name for name, gone in zip(names, missing, strict=True) if gone)
-            self._fail(outcome, np.array([row]), missing_features_error(absent), key, served)
-
-    def _quarantine(self, slot: ModelSlot, served: ServedModel, last_reason: str) -> None:
-        """Takes a model that keeps failing out of service; its previous model serves again."""
-        identity = served.identity
-        reason = (
-            f"quarantined after {served.consecutive_failures} records in a row failed to "
-            f"score; the last: {last_reason}"
-        )
-        rejection = Rejection(slot.key, identity.name, identity.version, "quarantined", reason)
-        taken, restored = slot.quarantine(served, rejection)
-        if not taken:
-            return  # another thread changed the key's model first
-        self._count(model_quarantines=1)
-        if restored is not None:
-            reason += f"; {restored.identity.name!r} serves again"
-        self._events.put(
-            ModelEvent(
-                ModelEventKind.QUARANTINED,
-                slot.key,
-                identity.name,
-                identity.version,
-                reason=reason,
-                error_kind="quarantined",
-            )
-        )
 
     def close(self) -> None:
         self._loader.close()
@@ -624,17 +361,3 @@ def _group_rows(keys: Sequence[str | None]) -> dict[str, npt.NDArray[np.intp]]:
         if key is not None:
             groups.setdefault(key, []).append(row)
     return {key: np.asarray(rows, dtype=np.intp) for key, rows in groups.items()}
-
-
-def _fail_rows(
-    outcome: BatchOutcome,
-    rows: npt.NDArray[np.intp],
-    error: RejectedInput,
-    key: str,
-    served: ServedModel | None,
-) -> None:
-    identity = served.identity if served is not None else None
-    reason = str(error)
-    outcome.errors.extend(
-        RecordError(row, error.kind, reason, key, identity) for row in rows.tolist()
-    )

@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from streamserve.codecs.base import InputRecord
+from streamserve.errors import RejectedInput
 from streamserve.serving.slot import ModelIdentity
 
 
@@ -39,6 +40,19 @@ class BatchOutcome:
     records: Sequence[InputRecord]
     groups: list[ScoredGroup] = field(default_factory=list)
     errors: list[RecordError] = field(default_factory=list)
+
+    def fail_rows(
+        self,
+        rows: npt.NDArray[np.intp],
+        error: RejectedInput,
+        key: str,
+        model: ModelIdentity | None,
+    ) -> None:
+        """Records ``error`` for each of ``rows``, naming the key and the model if known."""
+        reason = str(error)
+        self.errors.extend(
+            RecordError(row, error.kind, reason, key, model) for row in rows.tolist()
+        )
 
     def drop_rows(self, rows: npt.NDArray[np.intp]) -> None:
         """Forgets every outcome of ``rows`` (their scoring failed midway: they fail again)."""
