@@ -156,9 +156,7 @@ class ServingCore:
             if slot is None:
                 if served.identity.sequence <= self._unloaded_at.get(key, -1):
                     return False
-                slot = self._slots[key] = ModelSlot(
-                    key, self._settings.max_rejections_kept, floor=self._unloaded_at.get(key, -1)
-                )
+                slot = self._slots[key] = ModelSlot(key, self._settings.max_rejections_kept)
         return slot.stage(served)
 
     def slots(self) -> list[ModelSlot]:

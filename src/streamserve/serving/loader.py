@@ -292,8 +292,8 @@ def validate(model: Model, slot: ModelSlot | None, descriptor: ModelDescriptor) 
 
     The checks are serving's own: the inputs map onto the columns the key's records carry (a
     positional model onto the key's fixed field order), and a probe batch (recent real rows of
-    the key, else zeros) scores into output that serving and encoding accept, of the key's value
-    type. Returns the model's value type.
+    the key, else zeros) scores into output that serving and encoding accept, of its declared
+    value type if any. Returns the model's value type (the key's is checked when it stages).
     """
     name = descriptor.name
     spec = model.inputs
@@ -330,9 +330,5 @@ def validate(model: Model, slot: ModelSlot | None, descriptor: ModelDescriptor) 
             f"model {name!r} raised scoring a probe batch of {len(probe)} rows: {err}"
         ) from err
     return check_probe(
-        output,
-        len(probe),
-        name=name,
-        declared=descriptor.options.get(VALUE_TYPE_OPTION),
-        key_type=None if slot is None else slot.value_type,
+        output, len(probe), name=name, declared=descriptor.options.get(VALUE_TYPE_OPTION)
     )

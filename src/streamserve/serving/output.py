@@ -126,11 +126,10 @@ def _is_utf8(texts: list[str]) -> bool:
     return True
 
 
-def check_probe(
-    output: object, rows: int, *, name: str, declared: str | None, key_type: ValueType | None
-) -> ValueType:
-    """Validation's check of a probe batch's output: what serving and encoding check, plus the
-    key's value type. Returns the model's value type."""
+def check_probe(output: object, rows: int, *, name: str, declared: str | None) -> ValueType:
+    """Validation's check of a probe batch's output: what serving and encoding check, and the
+    declared value type if any. Returns the model's value type; whether the key takes it is
+    checked where it stages (:meth:`ModelSlot.stage`), under the slot's lock."""
     try:
         checked = publishable(output, rows)
         orjson.dumps(checked.values.tolist())  # what the encoders do with every value
@@ -153,8 +152,6 @@ def check_probe(
                 f"model {name!r} declares {VALUE_TYPE_OPTION}={declared} but returns "
                 f"{value_type} values"
             )
-    elif key_type is not None and value_type != key_type:
-        raise ModelValidationError(value_type_conflict(name, value_type, key_type))
     return value_type
 
 

@@ -201,11 +201,9 @@ class ModelSlot:
     a slow load of an older model never becomes current, rollbacks included.
     """
 
-    def __init__(
-        self, key: str, max_rejections: int = 20, max_history: int = 20, *, floor: int = -1
-    ) -> None:
+    def __init__(self, key: str, max_rejections: int = 20, max_history: int = 20) -> None:
         self.key = key
-        self._newest = floor  # sequence of the newest model staged here (or of the unloading)
+        self._newest = -1  # sequence of the newest model staged here
         self._value_type: ValueType | None = None  # kept while the key exists, even if empty
         self._closed = False
         self._lock = threading.Lock()
@@ -224,8 +222,9 @@ class ModelSlot:
 
     # --- loader side -------------------------------------------------------------------------
     def stage(self, served: ServedModel) -> bool:
-        """Stages ``served`` unless a newer model staged here before, or the key was unloaded
-        after ``served`` was submitted; returns whether it was staged.
+        """Stages ``served`` unless a newer model staged here before or the slot was closed (its
+        key unloaded); returns whether it was staged. The core makes no new slot for a model
+        submitted before its key's unloading.
 
         Raises :class:`ModelValidationError` for a model of another value type than the key's
         that does not declare it: checked here, under the lock, because the key's type may have
