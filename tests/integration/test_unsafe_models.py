@@ -3,6 +3,9 @@ corrupt model of any format is rejected while the current model keeps serving.""
 
 from __future__ import annotations
 
+import io
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -108,3 +111,45 @@ def test_a_corrupt_model_of_each_format_is_rejected_with_its_reason(
     rejection = _serve_bad(core, wine_matrix, bad)
     assert rejection["error_kind"] == "model_load_failed"
     assert f"'broken-{trainer}'" in rejection["reason"]
+
+
+def _with_members(archive: bytes, replace: dict[str, bytes]) -> bytes:
+    """``archive`` (a zip) with the members named in ``replace`` swapped for new bytes."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(archive)) as source, zipfile.ZipFile(out, "w") as target:
+        for info in source.infolist():
+            target.writestr(info, replace.get(info.filename, source.read(info.filename)))
+    return out.getvalue()
+
+
+def _weights_config_with_pickle(archive: bytes) -> tuple[str, bytes, str]:
+    """The weights config member, rewritten so its first weight says ``use_pickle``, and the
+    member that weight's bytes are read from."""
+    with zipfile.ZipFile(io.BytesIO(archive)) as source:
+        name = next(n for n in source.namelist() if n.endswith("weights_config.json"))
+        config = json.loads(source.read(name))
+    first = next(iter(config["config"].values()))
+    first["use_pickle"] = True
+    weight = f"{name.rsplit('/', 1)[0]}/{first['path_name']}"
+    return name, json.dumps(config).encode(), weight
+
+
+@pytest.mark.parametrize("where", ["sample inputs", "a weight marked use_pickle"])
+def test_a_torch_export_archive_carrying_a_pickle_is_refused_and_never_runs(
+    core: ServingCore, wine_matrix: np.ndarray, tmp_path: Path, where: str
+) -> None:
+    """torch.export.load unpickles without restriction what its weights-only load refuses:
+    streamserve loads every pickled member weights-only first and refuses the archive."""
+    marker = tmp_path / "pwned"
+    archive = TRAINERS["torch-export"](wine_matrix).data
+    if where == "sample inputs":
+        with zipfile.ZipFile(io.BytesIO(archive)) as source:
+            member = next(n for n in source.namelist() if n.endswith(".pt"))
+        evil = _with_members(archive, {member: malicious_pickle(marker)})
+    else:
+        config, rewritten, weight = _weights_config_with_pickle(archive)
+        evil = _with_members(archive, {config: rewritten, weight: malicious_pickle(marker)})
+    bad = ModelDescriptor(name="evil", data_type="wine", model_type=ModelType.PYTORCH, data=evil)
+    rejection = _serve_bad(core, wine_matrix, bad)
+    assert "is not a weights-only pickle" in rejection["reason"]
+    assert not marker.exists(), "the pickle ran"

@@ -4,8 +4,10 @@ CPU only, inference mode, ``threads_per_model`` intra-op threads (torch's settin
 process-wide). The model takes one float32 tensor [rows, width]. Width: option ``width``, else the
 exported program's input shape, else the input width of the first 2-D weight (a TorchScript
 module's first layer). Option ``format`` (``export`` or ``torchscript``) skips detection.
-Neither loader runs arbitrary Python: export programs load weights-only, TorchScript runs
-TorchScript code.
+Neither loader runs arbitrary Python. ``torch.export.load`` falls back to a full, unrestricted
+unpickling of an archive member that its weights-only load refuses, so every pickled member of
+an export archive is loaded weights-only first, and an archive with any other pickle is refused
+before torch reads it. TorchScript runs TorchScript code.
 
 torch imports triton (its GPU kernel compiler) whenever triton is installed, as it is beside
 PyPI's Linux wheels; loaded after TensorFlow, triton's LLVM crashes the process (seen with
@@ -17,8 +19,11 @@ from __future__ import annotations
 
 import importlib.abc
 import io
+import json
+import posixpath
 import sys
 import threading
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -31,7 +36,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    RuledModel,
+    RawOutputModel,
     import_optional,
 )
 
@@ -65,7 +70,7 @@ def _torch(context: FactoryContext) -> Any:
     return torch
 
 
-class TorchModel(RuledModel):
+class TorchModel(RawOutputModel):
     def __init__(self, torch: Any, module: Any, width: int, output: OutputRule, name: str) -> None:
         super().__init__(InputSpec(width=width), output, name)
         self._torch = torch
@@ -110,6 +115,7 @@ class TorchFactory:
 
 
 def _load_export(torch: Any, data: bytes) -> tuple[Any, int | None]:
+    _refuse_unsafe_pickles(torch, data)
     program = torch.export.load(io.BytesIO(data))
     users = set(program.graph_signature.user_inputs)
     shapes = [
@@ -121,6 +127,40 @@ def _load_export(torch: Any, data: bytes) -> tuple[Any, int | None]:
         raise ModelLoadError(f"the program takes {len(shapes)} inputs; streamserve feeds one")
     width = shapes[0][-1] if len(shapes[0]) == 2 else None
     return program.module(), int(width) if isinstance(width, int) else None
+
+
+def _refuse_unsafe_pickles(torch: Any, data: bytes) -> None:
+    """Loads every pickled member of an export archive weights-only; raises if one is not."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile as err:
+        raise ModelLoadError(f"not a torch.export archive: {err}") from err
+    with archive:
+        for member in _pickled_members(archive):
+            try:
+                torch.load(io.BytesIO(archive.read(member)), weights_only=True)
+            except Exception as err:  # whatever the reason, torch would unpickle it in full
+                raise ModelLoadError(
+                    f"archive member {member!r} is not a weights-only pickle ({err}); "
+                    "torch.export.load would unpickle it without restriction: refused"
+                ) from err
+
+
+def _pickled_members(archive: zipfile.ZipFile) -> set[str]:
+    """The members torch unpickles: ``.pt`` files (sample inputs, legacy weights) and the weights
+    and constants whose payload config says ``use_pickle`` (their names carry no suffix)."""
+    names = archive.namelist()
+    pickled = {name for name in names if name.endswith((".pt", ".pkl"))}
+    for config in (name for name in names if name.endswith("_config.json")):
+        try:
+            entries = json.loads(archive.read(config))["config"].values()
+            folder = posixpath.dirname(config)
+            pickled |= {posixpath.join(folder, e["path_name"]) for e in entries if e["use_pickle"]}
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ModelLoadError(
+                f"archive member {config!r} is not a payload config: {err}"
+            ) from err
+    return pickled
 
 
 def _load_torchscript(torch: Any, data: bytes) -> tuple[Any, int | None]:
