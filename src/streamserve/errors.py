@@ -1,16 +1,46 @@
 """The one exception tree of streamserve.
 
-Two families, treated differently everywhere:
+::
+
+    StreamserveError
+    ├── RejectedInput            a bad model or record: counted, routed, the stream goes on
+    │   ├── DescriptorError
+    │   ├── ModelLoadError
+    │   │   └── MissingDependencyError
+    │   ├── ModelValidationError
+    │   ├── RecordDecodeError
+    │   ├── MissingFeaturesError
+    │   ├── NoModelError
+    │   └── ScoringError
+    ├── RequestError             a caller's request refused; the stream never notices
+    │   ├── InvalidRequestError
+    │   ├── NotFoundError
+    │   │   ├── KeyNotFoundError
+    │   │   └── ModelNotFoundError
+    │   ├── NothingToRollBackError
+    │   └── AccessDeniedError
+    │       ├── AdminDisabledError
+    │       └── NotAuthenticatedError
+    └── InfrastructureError      the stream cannot go on: stop without committing
+        ├── ConfigurationError
+        └── DeliveryError
+
+The three families are treated differently everywhere:
 
 * :class:`RejectedInput` — a bad model or a bad record. It is counted, routed to the errors output
   with its reason, and the stream goes on; the current model keeps serving.
+* :class:`RequestError` — a request to the server (inference, state, admin) that cannot be
+  answered as asked. The caller gets the reason; nothing else changes. Transports decide how to
+  say it (the HTTP API maps each class to a status); this module knows no transport.
 * :class:`InfrastructureError` — something the stream cannot go on without (a sink that cannot be
-  written, a missing dependency). It stops the runtime without committing progress.
+  written, settings that cannot work). It stops the runtime without committing progress.
 
 Every ``kind`` is a stable, machine-readable label carried into error records and metrics.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 
 class StreamserveError(Exception):
@@ -19,6 +49,7 @@ class StreamserveError(Exception):
     kind = "error"
 
 
+# --- rejected input ------------------------------------------------------------------------------
 class RejectedInput(StreamserveError):  # noqa: N818 - the family, not one error
     """Input that is rejected with a reason; the stream goes on."""
 
@@ -35,6 +66,20 @@ class ModelLoadError(RejectedInput):
     """A model whose bytes or location could not be turned into a live model."""
 
     kind = "model_load_failed"
+
+
+class MissingDependencyError(ModelLoadError):
+    """An optional dependency of a model format is not installed.
+
+    The model that needed it is rejected (the stream goes on); the message names the pip extra
+    that installs the dependency.
+    """
+
+    kind = "missing_dependency"
+
+    def __init__(self, what: str, extra: str) -> None:
+        super().__init__(f"{what} is not installed: pip install 'streamserve[{extra}]'")
+        self.extra = extra
 
 
 class ModelValidationError(RejectedInput):
@@ -67,33 +112,83 @@ class ScoringError(RejectedInput):
     kind = "scoring_failed"
 
 
-class NothingToRollBackError(StreamserveError):
+# --- refused requests ----------------------------------------------------------------------------
+class RequestError(StreamserveError):
+    """A request the server refuses, with the reason for the caller; serving goes on."""
+
+    kind = "request_refused"
+
+
+class InvalidRequestError(RequestError):
+    """A request that is malformed, or whose rows the model cannot score."""
+
+    kind = "invalid_request"
+
+
+class NotFoundError(RequestError):
+    """A request about something the server does not hold."""
+
+    kind = "not_found"
+
+
+class KeyNotFoundError(NotFoundError):
+    """A request about a key (data type) the server has no slot for."""
+
+    kind = "key_not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    """An inference request for a key that no model serves (nor is staged to)."""
+
+    kind = "model_not_found"
+
+
+class NothingToRollBackError(RequestError):
     """An admin rollback of a key that has no previous model."""
 
     kind = "nothing_to_roll_back"
 
 
+class AccessDeniedError(RequestError):
+    """An admin action the caller may not take."""
+
+    kind = "access_denied"
+
+
+class AdminDisabledError(AccessDeniedError):
+    """An admin action on a server that has no admin token: nobody may take one."""
+
+    kind = "admin_disabled"
+
+
+class NotAuthenticatedError(AccessDeniedError):
+    """An admin action without the admin token."""
+
+    kind = "not_authenticated"
+
+
+# --- infrastructure ------------------------------------------------------------------------------
 class InfrastructureError(StreamserveError):
     """The stream cannot go on: stop without committing."""
 
     kind = "infrastructure"
 
 
-class MissingDependencyError(ModelLoadError):
-    """An optional dependency of a model format is not installed.
-
-    The model that needed it is rejected (the stream goes on); the message names the pip extra
-    that installs the dependency.
-    """
-
-    kind = "missing_dependency"
-
-    def __init__(self, what: str, extra: str) -> None:
-        super().__init__(f"{what} is not installed: pip install 'streamserve[{extra}]'")
-        self.extra = extra
-
-
 class ConfigurationError(InfrastructureError):
     """Settings that cannot work, found at startup."""
 
     kind = "configuration"
+
+
+class DeliveryError(InfrastructureError):
+    """An output of a batch was not delivered: the batch must not be committed.
+
+    ``committable`` holds the offsets, by (topic, partition), of the acknowledged batches before
+    it: those may be committed.
+    """
+
+    kind = "delivery_failed"
+
+    def __init__(self, reason: str, committable: Mapping[tuple[str, int], int]) -> None:
+        super().__init__(reason)
+        self.committable = dict(committable)

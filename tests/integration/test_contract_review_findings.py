@@ -17,6 +17,7 @@ from builders import onnx_constant, onnx_descriptor, onnx_linear, onnx_named_lin
 from streamserve.api import v2
 from streamserve.codecs.json import JsonCodec
 from streamserve.descriptor import ModelDescriptor
+from streamserve.errors import RequestError
 from streamserve.formats.base import FactoryContext
 from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.core import ServingCore
@@ -271,7 +272,7 @@ def test_a_v2_request_of_overflowing_rows_quarantines_the_keys_good_model() -> N
                 {"name": "beta", "shape": [100], "datatype": "FP64", "data": [3e38] * 100},
             ]
         }
-        with contextlib.suppress(v2.V2Error):  # the rows' own failure: fine
+        with contextlib.suppress(RequestError):  # the rows' own failure: fine
             v2.infer(core, KEY, request)
         after = _score(core, normal)
     assert _values(after) == [("good", 3.0)], (

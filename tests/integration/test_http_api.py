@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -14,19 +16,33 @@ from builders import onnx_constant, onnx_descriptor, onnx_linear, onnx_named_lin
 from streamserve.api.server import ApiServer
 from streamserve.codecs.base import InputRecord
 from streamserve.codecs.json import JsonCodec
+from streamserve.descriptor import ModelDescriptor
+from streamserve.formats.base import FactoryContext
+from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.core import ServingCore
-from streamserve.settings import ApiSettings
+from streamserve.settings import ApiSettings, ServingSettings
+from streamserve.testing import FunctionFactory, GatedFactory
 
 TOKEN = "s3cret-token-of-the-tests"
 
 
+@contextmanager
+def running(
+    core: ServingCore, is_ready: Callable[[], bool] = lambda: True
+) -> Iterator[httpx.Client]:
+    server = ApiServer(core, ApiSettings(port=0, admin_token=TOKEN), is_ready)
+    server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as http:
+            yield http
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def client(core: ServingCore) -> Iterator[httpx.Client]:
-    server = ApiServer(core, ApiSettings(port=0, admin_token=TOKEN), lambda: True)
-    server.start()
-    with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as http:
+    with running(core) as http:
         yield http
-    server.stop()
 
 
 def publish(core: ServingCore, *descriptors) -> None:
@@ -256,3 +272,96 @@ def test_admin_actions_are_off_without_a_configured_token(core: ServingCore) -> 
         server.stop()
     assert reply.status_code == 403
     assert "disabled" in reply.json()["error"]
+
+
+def test_a_rollback_without_a_previous_model_is_a_conflict(
+    core: ServingCore, client: httpx.Client
+) -> None:
+    publish(core, onnx_descriptor("only", onnx_constant(11, 1.0)))
+    stream(core, 1)
+    reply = client.post("/admin/keys/wine/rollback", headers={"authorization": f"Bearer {TOKEN}"})
+    assert reply.status_code == 409
+    assert reply.json() == {"error": "key 'wine' has no previous model to roll back to"}
+    assert client.get("/keys/wine").json()["current"]["name"] == "only"
+
+
+def test_every_refusal_answers_its_status_and_a_json_error(
+    core: ServingCore, client: httpx.Client
+) -> None:
+    """One request per family of refused requests, and Starlette's own refusals alike."""
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    replies = {
+        "invalid request": client.post("/v2/models/wine/infer", content=b"[").status_code,
+        "not authenticated": client.post("/admin/keys/wine/pin").status_code,
+        "key not found": client.post("/admin/keys/nobody/pin", headers=auth).status_code,
+        "model not found": client.get("/v2/models/nobody").status_code,
+        "no such route": client.get("/nowhere").status_code,
+        "method not allowed": client.delete("/keys").status_code,
+    }
+    assert replies == {
+        "invalid request": 400,
+        "not authenticated": 401,
+        "key not found": 404,
+        "model not found": 404,
+        "no such route": 404,
+        "method not allowed": 405,
+    }
+    assert client.get("/nowhere").json() == {"error": "Not Found"}
+    not_allowed = client.delete("/keys")
+    assert not_allowed.json() == {"error": "Method Not Allowed"}
+    assert set(not_allowed.headers["allow"].split(", ")) == {"GET", "HEAD"}
+
+
+def test_an_unexpected_exception_answers_json_500_and_the_server_keeps_serving(
+    core: ServingCore,
+) -> None:
+    def broken_readiness() -> bool:
+        raise RuntimeError("the readiness probe broke")
+
+    with running(core, broken_readiness) as http:
+        failures = [http.get("/v2/health/ready") for _ in range(3)]
+        live = http.get("/v2/health/live")
+        keys = http.get("/keys")
+    for reply in failures:
+        assert reply.status_code == 500
+        assert reply.headers["content-type"] == "application/json"
+        assert reply.headers["connection"] == "close"
+        assert reply.json() == {
+            "error": "internal error in GET /v2/health/ready: "
+            "RuntimeError: the readiness probe broke"
+        }
+    assert (live.status_code, live.json()) == (200, {"live": True})
+    assert keys.status_code == 200
+
+
+def test_a_model_loading_beside_serving_leaves_the_replica_ready() -> None:
+    """Readiness is the runtime's: a model published while serving loads beside it (contract
+    2), so a replica behind a readiness probe never drops out on a publication."""
+    gate = threading.Event()
+    registry = FactoryRegistry(FactoryContext())
+    gated = GatedFactory(FunctionFactory(lambda rows: rows.sum(axis=1), width=11), gate)
+    registry.register(301, lambda context: gated)
+    with ServingCore(ServingSettings(), registry) as core, running(core) as http:
+        core.submit_model(ModelDescriptor(name="slow", data_type="wine", model_type=301, data=b"x"))
+        assert gated.loading.wait(60)
+        assert core.loads_pending == 1
+        assert http.get("/v2/health/ready").json() == {"ready": True}
+        gate.set()
+        assert core.wait_for_models(60)
+
+
+@pytest.mark.parametrize("rows", [1_000_000, 4_611_686_018_427_387_904, 0])
+def test_a_v2_tensor_without_features_is_refused_before_any_row_is_built(
+    core: ServingCore, client: httpx.Client, rows: int
+) -> None:
+    """A tensor [N, 0] is filled by no values at all: a ~100-byte body would otherwise make the
+    server build and score N empty records (2**62: never answers)."""
+    publish(core, onnx_descriptor("m", onnx_constant(11, 1.0)))
+    before = core.counts.get("records", 0)
+    body = {"inputs": [{"name": "input", "shape": [rows, 0], "datatype": "FP64", "data": []}]}
+
+    reply = client.post("/v2/models/wine/infer", json=body)
+
+    assert reply.status_code == 400
+    assert f"shape [{rows}, 0] has no features" in reply.json()["error"]
+    assert core.counts.get("records", 0) - before == 0, "no record was built, scored or counted"

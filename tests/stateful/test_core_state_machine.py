@@ -24,7 +24,7 @@ from streamserve.api import v2
 from streamserve.codecs.base import DecodedBatch, InputRecord
 from streamserve.codecs.json import JsonCodec
 from streamserve.descriptor import ModelDescriptor
-from streamserve.errors import NothingToRollBackError
+from streamserve.errors import NothingToRollBackError, RequestError
 from streamserve.formats.base import FactoryContext, FloatMatrix, LoadRequest, Model
 from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.core import MAX_KEYLESS_REJECTIONS, ServingCore
@@ -357,7 +357,7 @@ class CoreMachine(RuleBasedStateMachine):
         }
         try:
             response = v2.infer(self.core, key, request)
-        except v2.V2Error:
+        except RequestError:
             event("V2 request refused")
             return
         finally:

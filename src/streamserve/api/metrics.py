@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from itertools import accumulate
 
 from prometheus_client import CollectorRegistry
@@ -15,13 +15,16 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from streamserve.serving.core import BATCH_SIZE_BUCKETS, ServingCore
-from streamserve.serving.slot import ServedModel
+from streamserve.serving.slot import ModelRole, ModelSlot, ServedModel
 from streamserve.serving.stats import LATENCY_BUCKETS_S
 
 MODEL_LABELS = ["key", "model", "version"]
 
 
 class ServingCollector(Collector):
+    """Reads the core's counters and every slot's statistics at each scrape: nothing is kept
+    between scrapes, so the numbers are those the core and ``/keys`` hold at that moment."""
+
     def __init__(
         self, core: ServingCore, consumer_lag: Callable[[], int | None] | None = None
     ) -> None:
@@ -29,69 +32,21 @@ class ServingCollector(Collector):
         self._consumer_lag = consumer_lag
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._totals()
-        results = CounterMetricFamily(
-            "streamserve_model_results", "Records scored by a model", labels=MODEL_LABELS
-        )
-        errors = CounterMetricFamily(
-            "streamserve_model_errors",
-            "Records of a model's key that got an error record",
-            labels=MODEL_LABELS,
-        )
-        latency = HistogramMetricFamily(
-            "streamserve_scoring_batch_seconds",
-            "Time to score one micro-batch",
-            labels=MODEL_LABELS,
-        )
-        loads = GaugeMetricFamily(
-            "streamserve_model_load_seconds",
-            "How long loading and validating the model took",
-            labels=MODEL_LABELS,
-        )
-        swaps = GaugeMetricFamily(
-            "streamserve_model_swap_seconds",
-            "From the model's arrival to its first scored batch",
-            labels=MODEL_LABELS,
-        )
-        rejections = CounterMetricFamily(
-            "streamserve_model_rejections", "Models rejected for a key", labels=["key"]
-        )
-        quarantines = CounterMetricFamily(
-            "streamserve_model_quarantines",
-            "Models taken out of service because they kept failing, by key",
-            labels=["key"],
-        )
-        for slot in self._core.slots():
-            rejections.add_metric([slot.key], slot.rejected_total)
-            quarantines.add_metric([slot.key], slot.quarantined_total)
-            current, previous = slot.current, slot.previous
-            if current is not None and previous is not None and _same_labels(current, previous):
-                previous = None  # one model republished: one series
-            for served in (current, previous):
-                if served is not None:
-                    _add_model(served, slot.key, results, errors, latency, loads)
-                if served is not None and served.swap_delay_s is not None:
-                    identity = served.identity
-                    labels = [slot.key, identity.name, identity.version]
-                    swaps.add_metric(labels, served.swap_delay_s)
-        yield from (results, errors, latency, loads, swaps, rejections, quarantines)
-
-    def _totals(self) -> Iterator[Metric]:
         counts = self._core.counts
-        for name, help_text in (
-            ("records", "Input records"),
-            ("results", "Result records"),
-            ("errors", "Error records"),
-            ("batches", "Micro-batches"),
-        ):
-            yield CounterMetricFamily(f"streamserve_{name}", help_text, value=counts.get(name, 0))
-        by_kind = CounterMetricFamily(
-            "streamserve_record_errors", "Error records by kind", labels=["kind"]
-        )
-        for name, value in sorted(counts.items()):
-            if name.startswith("errors."):
-                by_kind.add_metric([name.removeprefix("errors.")], value)
-        yield by_kind
+        yield from _record_totals(counts)
+        yield from self._model_totals(counts)
+        yield _batch_sizes(counts)
+        lag = self._consumer_lag() if self._consumer_lag is not None else None
+        if lag is not None:
+            yield GaugeMetricFamily(
+                "streamserve_consumer_lag", "Records behind the data partitions' ends", value=lag
+            )
+        families = ModelFamilies()
+        for slot in self._core.slots():
+            families.add(slot)
+        yield from families.all()
+
+    def _model_totals(self, counts: Mapping[str, int]) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "streamserve_model_messages",
             "Model messages received",
@@ -111,45 +66,116 @@ class ServingCollector(Collector):
             "Idle model instances evicted by the live-model budget",
             value=live.evictions,
         )
-        sizes = HistogramMetricFamily("streamserve_batch_size", "Records per micro-batch")
-        bounds = [str(b) for b in BATCH_SIZE_BUCKETS[:-1]] + ["+Inf"]
-        cumulative = accumulate(counts.get(f"batch_size_le.{b}", 0) for b in BATCH_SIZE_BUCKETS)
-        sizes.add_metric(
-            [], list(zip(bounds, cumulative, strict=True)), sum_value=counts.get("records", 0)
+
+
+def _record_totals(counts: Mapping[str, int]) -> Iterator[Metric]:
+    for name, help_text in (
+        ("records", "Input records"),
+        ("results", "Result records"),
+        ("errors", "Error records"),
+        ("batches", "Micro-batches"),
+    ):
+        yield CounterMetricFamily(f"streamserve_{name}", help_text, value=counts.get(name, 0))
+    by_kind = CounterMetricFamily(
+        "streamserve_record_errors", "Error records by kind", labels=["kind"]
+    )
+    for name, value in sorted(counts.items()):
+        if name.startswith("errors."):
+            by_kind.add_metric([name.removeprefix("errors.")], value)
+    yield by_kind
+
+
+def _batch_sizes(counts: Mapping[str, int]) -> Metric:
+    sizes = HistogramMetricFamily("streamserve_batch_size", "Records per micro-batch")
+    bounds = [str(b) for b in BATCH_SIZE_BUCKETS[:-1]] + ["+Inf"]
+    cumulative = accumulate(counts.get(f"batch_size_le.{b}", 0) for b in BATCH_SIZE_BUCKETS)
+    sizes.add_metric(
+        [], list(zip(bounds, cumulative, strict=True)), sum_value=counts.get("records", 0)
+    )
+    return sizes
+
+
+class ModelFamilies:
+    """The per-key and per-model metric families of one scrape."""
+
+    def __init__(self) -> None:
+        self.results = CounterMetricFamily(
+            "streamserve_model_results", "Records scored by a model", labels=MODEL_LABELS
         )
-        yield sizes
-        lag = self._consumer_lag() if self._consumer_lag is not None else None
-        if lag is not None:
-            yield GaugeMetricFamily(
-                "streamserve_consumer_lag", "Records behind the data partitions' ends", value=lag
-            )
+        self.errors = CounterMetricFamily(
+            "streamserve_model_errors",
+            "Records of a model's key that got an error record",
+            labels=MODEL_LABELS,
+        )
+        self.latency = HistogramMetricFamily(
+            "streamserve_scoring_batch_seconds",
+            "Time to score one micro-batch",
+            labels=MODEL_LABELS,
+        )
+        self.loads = GaugeMetricFamily(
+            "streamserve_model_load_seconds",
+            "How long loading and validating the model took",
+            labels=MODEL_LABELS,
+        )
+        self.swaps = GaugeMetricFamily(
+            "streamserve_model_swap_seconds",
+            "From the model's arrival to its first scored batch",
+            labels=MODEL_LABELS,
+        )
+        self._key_families()
+
+    def _key_families(self) -> None:
+        self.rejections = CounterMetricFamily(
+            "streamserve_model_rejections", "Models rejected for a key", labels=["key"]
+        )
+        self.quarantines = CounterMetricFamily(
+            "streamserve_model_quarantines",
+            "Models taken out of service because they kept failing, by key",
+            labels=["key"],
+        )
+
+    def add(self, slot: ModelSlot) -> None:
+        self.rejections.add_metric([slot.key], slot.rejected_total)
+        self.quarantines.add_metric([slot.key], slot.quarantined_total)
+        for served in _series_models(slot):
+            self._add_model(slot.key, served)
+
+    def _add_model(self, key: str, served: ServedModel) -> None:
+        stats = served.stats.snapshot()
+        labels = [key, stats.name, stats.version]
+        self.results.add_metric(labels, stats.invocations)
+        self.errors.add_metric(labels, stats.errors)
+        cumulative = list(accumulate(stats.batch_latency_counts))
+        bounds = [repr(bound) for bound in LATENCY_BUCKETS_S] + ["+Inf"]
+        self.latency.add_metric(
+            labels, list(zip(bounds, cumulative, strict=True)), sum_value=stats.total_duration_s
+        )
+        self.loads.add_metric(labels, served.load_duration_s)
+        if served.swap_delay_s is not None:
+            identity = served.identity
+            self.swaps.add_metric([key, identity.name, identity.version], served.swap_delay_s)
+
+    def all(self) -> tuple[Metric, ...]:
+        return (
+            self.results,
+            self.errors,
+            self.latency,
+            self.loads,
+            self.swaps,
+            self.rejections,
+            self.quarantines,
+        )
 
 
-def _same_labels(one: ServedModel, other: ServedModel) -> bool:
-    return (one.identity.name, one.identity.version) == (
-        other.identity.name,
-        other.identity.version,
-    )
-
-
-def _add_model(
-    served: ServedModel,
-    key: str,
-    results: CounterMetricFamily,
-    errors: CounterMetricFamily,
-    latency: HistogramMetricFamily,
-    loads: GaugeMetricFamily,
-) -> None:
-    stats = served.stats.snapshot()
-    labels = [key, stats.name, stats.version]
-    results.add_metric(labels, stats.invocations)
-    errors.add_metric(labels, stats.errors)
-    cumulative = list(accumulate(stats.batch_latency_counts))
-    bounds = [repr(bound) for bound in LATENCY_BUCKETS_S] + ["+Inf"]
-    latency.add_metric(
-        labels, list(zip(bounds, cumulative, strict=True)), sum_value=stats.total_duration_s
-    )
-    loads.add_metric(labels, served.load_duration_s)
+def _series_models(slot: ModelSlot) -> list[ServedModel]:
+    """The models of a slot that have metric series: every one but a staged model (it scored
+    nothing yet), once per (name, version): a republished model is current and previous with
+    the same labels, and two series of one label set would break the exposition."""
+    models: dict[tuple[str, str], ServedModel] = {}
+    for role, served in slot.models():  # the current model first: its series wins
+        if role is not ModelRole.STAGED:
+            models.setdefault((served.identity.name, served.identity.version), served)
+    return list(models.values())
 
 
 def metrics_registry(

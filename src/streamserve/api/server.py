@@ -17,6 +17,12 @@ STARTUP_TIMEOUT_S = 30.0
 
 
 class ApiServer:
+    """The HTTP API of one core, served by uvicorn on a daemon thread beside the runtime.
+
+    :meth:`start` returns once the socket listens (port 0 takes a free port: read :attr:`port`).
+    The core belongs to the runtime: stopping the server leaves it open.
+    """
+
     def __init__(
         self,
         core: ServingCore,

@@ -11,6 +11,8 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from streamserve.serving.slot import ModelRole
+
 FETCH_TIMEOUT_S = 10.0
 
 
@@ -36,7 +38,7 @@ def print_status(console: Console, url: str) -> int:
     ):
         table.add_column(column, no_wrap=True)
     for slot in state["keys"]:
-        for role in ("current", "staged", "previous"):
+        for role in ModelRole:  # the document has one entry per role, null if none holds it
             if slot[role] is not None:
                 table.add_row(slot["key"], *_cells(slot[role], role))
     console.print(table)
@@ -48,12 +50,12 @@ def print_status(console: Console, url: str) -> int:
     return 0
 
 
-def _cells(model: dict[str, Any], role: str) -> list[str]:
+def _cells(model: dict[str, Any], role: ModelRole) -> list[str]:
     since = datetime.fromtimestamp(model["since"]).strftime("%H:%M:%S") if model["since"] else "-"
     return [
         model["name"],
         model["version"],
-        role,
+        str(role),
         since,
         f"{model['invocations']:,}",
         f"{model['errors']:,}",

@@ -3,7 +3,9 @@
 The model name is the key (data type); inference uses the key's current model, the same one
 the stream uses. A request carries either one 2-D input tensor ``[rows, features]`` (positional,
 or named by the model's input names in order) or one 1-D/``[rows, 1]`` tensor per named feature.
-Errors answer ``{"error": "..."}`` with a 4xx status, as the specification shapes them.
+A request that cannot be answered raises a :class:`~streamserve.errors.RequestError`; the app's
+exception handlers answer it with ``{"error": "..."}`` and a 4xx status, as the specification
+shapes errors.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from streamserve.codecs.base import DecodedBatch, InputRecord
+from streamserve.errors import InvalidRequestError, ModelNotFoundError
 from streamserve.formats.base import InputSpec
 from streamserve.serving.core import ServingCore
 from streamserve.serving.output import ValueType
-from streamserve.serving.slot import ServedModel
+from streamserve.serving.slot import ModelIdentity, ModelRole, ServedModel
 
 V2_DATATYPES = {"b": "BOOL", "i": "INT64", "u": "UINT64", "f": "FP64", "U": "BYTES", "O": "BYTES"}
 VALUE_TYPE_DATATYPES = {
@@ -42,20 +45,23 @@ NUMERIC_REQUEST_TYPES = {
 }
 
 
-class V2Error(Exception):
-    """A request the protocol answers with ``{"error": message}`` and ``status``."""
+# The roles whose model answers a request, in order: a staged model becomes current as the
+# request's batch starts (a swap at a batch boundary), so it answers if there is no current one.
+ANSWERING_ROLES = (ModelRole.CURRENT, ModelRole.STAGED)
 
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+
+def answering_model(core: ServingCore, name: str) -> ServedModel | None:
+    """The model that answers requests for key ``name``, if any (see ``ANSWERING_ROLES``)."""
+    slot = core.find_slot(name)
+    held = {} if slot is None else dict(slot.models())
+    return next((held[role] for role in ANSWERING_ROLES if role in held), None)
 
 
 def current_model(core: ServingCore, name: str) -> ServedModel:
-    """The model serving key ``name``: the current one, else the one staged to take over."""
-    slot = core.find_slot(name)
-    served = None if slot is None else slot.current or slot.staged
+    """The model that answers requests for key ``name``; raises :class:`ModelNotFoundError`."""
+    served = answering_model(core, name)
     if served is None:
-        raise V2Error(f"model {name!r} not found: no model serves that key", status=404)
+        raise ModelNotFoundError(f"model {name!r} not found: no model serves that key")
     return served
 
 
@@ -87,6 +93,8 @@ def model_metadata(core: ServingCore, name: str) -> dict[str, Any]:
 
 
 def infer(core: ServingCore, name: str, request: Any) -> dict[str, Any]:
+    """Scores the request's rows with the key's model, as one batch; a row the model cannot
+    score refuses the request (:class:`InvalidRequestError`, naming the first such row)."""
     served = current_model(core, name)
     names, values, positional = _features(request, served.inputs)
     records = [InputRecord(b"", position=f"v2:{row}") for row in range(len(values))]
@@ -94,81 +102,111 @@ def infer(core: ServingCore, name: str, request: Any) -> dict[str, Any]:
     outcome = core.score(batch, observe=False)  # requests are not the key's stream records
     if outcome.errors:
         first = min(outcome.errors, key=lambda error: error.row)
-        raise V2Error(f"row {first.row}: {first.reason}")
+        raise InvalidRequestError(f"row {first.row}: {first.reason}")
     if outcome.groups:
         (group,) = outcome.groups
         output, identity = np.asarray(group.values), group.model
     else:  # no rows: nothing scored, the current model still answers
         output, identity = np.empty(0), served.identity
-    response: dict[str, Any] = {
-        "model_name": name,
-        "model_version": identity.version,
-        "outputs": [
-            {
-                "name": "value",
-                "shape": list(output.shape),
-                "datatype": V2_DATATYPES.get(output.dtype.kind, "BYTES")
-                if len(output)
-                else VALUE_TYPE_DATATYPES[served.value_type],
-                "data": output.ravel().tolist(),
-            }
-        ],
-        "parameters": {"model": identity.name},
-    }
+    response = _inference_response(name, identity, output, served.value_type)
     if isinstance(request.get("id"), str):
         response["id"] = request["id"]
     return response
+
+
+def _inference_response(
+    name: str, identity: ModelIdentity, output: np.ndarray, value_type: ValueType
+) -> dict[str, Any]:
+    """The response's one output tensor; with no rows its datatype is the model's value type."""
+    if len(output):
+        datatype = V2_DATATYPES.get(output.dtype.kind, "BYTES")
+    else:
+        datatype = VALUE_TYPE_DATATYPES[value_type]
+    tensor = {
+        "name": "value",
+        "shape": list(output.shape),
+        "datatype": datatype,
+        "data": output.ravel().tolist(),
+    }
+    return {
+        "model_name": name,
+        "model_version": identity.version,
+        "outputs": [tensor],
+        "parameters": {"model": identity.name},
+    }
 
 
 def _features(request: Any, spec: InputSpec) -> tuple[tuple[str, ...], np.ndarray, bool]:
     """The request's feature columns, their names, and whether they are the model's inputs in
     order: a 2-D tensor as wide as the model is positional (it takes a named model's names)."""
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
-        raise V2Error("the request must be a JSON object with an 'inputs' list")
+        raise InvalidRequestError("the request must be a JSON object with an 'inputs' list")
     tensors = [_tensor(item, index) for index, item in enumerate(request["inputs"])]
     if not tensors:
-        raise V2Error("'inputs' is empty")
+        raise InvalidRequestError("'inputs' is empty")
     if len(tensors) == 1 and tensors[0][1].ndim == 2:
         tensor_name, matrix = tensors[0]
         generated = tuple(f"{tensor_name}[{i}]" for i in range(matrix.shape[1]))
         if matrix.shape[1] == spec.width:
             return spec.names or generated, matrix, True
         return generated, matrix, False
+    return tuple(name for name, _ in tensors), _one_feature_each(tensors), False
+
+
+def _one_feature_each(tensors: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """Several input tensors as the columns of one matrix: each must be one feature."""
     columns = []
     for tensor_name, data in tensors:
         if data.ndim == 2 and data.shape[1] != 1:
-            raise V2Error(
+            raise InvalidRequestError(
                 f"input {tensor_name!r} has shape {list(data.shape)}; with several "
                 "inputs each must be one feature: [rows] or [rows, 1]"
             )
         columns.append(data.reshape(-1))
     if len({len(column) for column in columns}) != 1:
-        raise V2Error("inputs have different numbers of rows")
-    return tuple(name for name, _ in tensors), np.column_stack(columns), False
+        raise InvalidRequestError("inputs have different numbers of rows")
+    return np.column_stack(columns)
 
 
 def _tensor(item: Any, index: int) -> tuple[str, np.ndarray]:
+    """One input tensor of a request: its name, and its data in its shape."""
+    name, shape = _tensor_header(item, index)
+    where = f"inputs[{index}] ({name})"
+    try:
+        data = np.asarray(item["data"], dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as err:
+        raise InvalidRequestError(f"{where}: data must be numbers: {err}") from err
+    if data.size != math.prod(shape):  # Python integers: no wrap-around
+        raise InvalidRequestError(f"{where}: {data.size} values do not fill shape {shape}")
+    return name, data.reshape(shape)
+
+
+def _tensor_header(item: Any, index: int) -> tuple[str, list[int]]:
+    """A tensor's name and shape, checked with its datatype before its data is read."""
     if not isinstance(item, dict):
-        raise V2Error(f"inputs[{index}] is not an object")
+        raise InvalidRequestError(f"inputs[{index}] is not an object")
     missing = [key for key in ("name", "shape", "datatype", "data") if key not in item]
     if missing:
-        raise V2Error(f"inputs[{index}] lacks {', '.join(missing)}")
-    name, shape, datatype = item["name"], item["shape"], item["datatype"]
+        raise InvalidRequestError(f"inputs[{index}] lacks {', '.join(missing)}")
+    name, datatype = str(item["name"]), item["datatype"]
+    where = f"inputs[{index}] ({name})"
     if datatype not in NUMERIC_REQUEST_TYPES:
-        raise V2Error(
-            f"inputs[{index}] ({name}): datatype {datatype!r} is not supported; "
-            "features are numbers"
+        raise InvalidRequestError(
+            f"{where}: datatype {datatype!r} is not supported; features are numbers"
         )
+    return name, _shape(item["shape"], where)
+
+
+def _shape(shape: Any, where: str) -> list[int]:
+    """A tensor's shape: ``[rows]`` or ``[rows, features]`` with at least one feature."""
     if not (
         isinstance(shape, list)
         and 1 <= len(shape) <= 2
         and all(type(d) is int and d >= 0 for d in shape)  # not bool, whatever Python says
     ):
-        raise V2Error(f"inputs[{index}] ({name}): shape must be [rows] or [rows, features]")
-    try:
-        data = np.asarray(item["data"], dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as err:
-        raise V2Error(f"inputs[{index}] ({name}): data must be numbers: {err}") from err
-    if data.size != math.prod(shape):  # Python integers: no wrap-around
-        raise V2Error(f"inputs[{index}] ({name}): {data.size} values do not fill shape {shape}")
-    return str(name), data.reshape(shape)
+        raise InvalidRequestError(f"{where}: shape must be [rows] or [rows, features]")
+    if shape[1:] == [0]:  # no values fill it however many rows it claims: refused, not built
+        raise InvalidRequestError(
+            f"{where}: shape {shape} has no features; a row needs at least one"
+        )
+    return list(shape)

@@ -1,0 +1,151 @@
+"""The routes of the HTTP API over one core, one method each (the app wires them to paths).
+
+A route answers a JSON document, or raises an error of the tree (:mod:`streamserve.errors`);
+the app's exception handlers turn the error into its status and ``{"error": message}``, so no
+route deals with statuses of failure itself.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from streamserve import __version__
+from streamserve.api import v2
+from streamserve.api.metrics import metrics_registry
+from streamserve.api.state import keys_document, models_document, slot_document
+from streamserve.errors import (
+    AdminDisabledError,
+    ConfigurationError,
+    InvalidRequestError,
+    KeyNotFoundError,
+    NotAuthenticatedError,
+)
+from streamserve.serving.core import ServingCore
+from streamserve.serving.slot import ModelSlot
+
+
+class OrjsonResponse(JSONResponse):
+    """A JSON response rendered by orjson, which also serializes numpy values."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class Endpoints:
+    """The HTTP API's routes over one core: the serving state, health, Prometheus metrics, the
+    Open Inference Protocol and admin actions.
+
+    Admin actions need ``Authorization: Bearer <admin token>`` (compared in constant time) and
+    are refused to everyone when no token is set; an empty token is a configuration error.
+    """
+
+    def __init__(
+        self,
+        core: ServingCore,
+        *,
+        admin_token: str | None = None,
+        is_ready: Callable[[], bool] = lambda: True,
+        consumer_lag: Callable[[], int | None] | None = None,
+    ) -> None:
+        if admin_token is not None and not admin_token.strip():
+            raise ConfigurationError(
+                "the admin token is empty: set a token, or none to disable admin"
+            )
+        self._core = core
+        self._admin_token = admin_token
+        self._is_ready = is_ready
+        self._registry = metrics_registry(core, consumer_lag)
+
+    # --- Open Inference Protocol -------------------------------------------------------------
+    async def server_metadata(self, request: Request) -> Response:
+        return OrjsonResponse({"name": "streamserve", "version": __version__, "extensions": []})
+
+    async def live(self, request: Request) -> Response:
+        return OrjsonResponse({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        """Ready once the runtime says so: the models present at its start are loaded (a restart
+        rebuilds them before serving) and records flow in. Models arriving later load beside
+        serving (contract 2), so they never make a serving replica unready."""
+        ok = self._is_ready()
+        return OrjsonResponse({"ready": ok}, 200 if ok else 400)
+
+    async def model_metadata(self, request: Request) -> Response:
+        return OrjsonResponse(v2.model_metadata(self._core, request.path_params["name"]))
+
+    async def model_ready(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        ok = v2.answering_model(self._core, name) is not None
+        return OrjsonResponse({"name": name, "ready": ok}, 200 if ok else 400)
+
+    async def infer(self, request: Request) -> Response:
+        """Scores on a worker thread: a batch must not hold up the event loop."""
+        try:
+            body = orjson.loads(await request.body())
+        except orjson.JSONDecodeError as err:
+            raise InvalidRequestError(f"the request body is not JSON: {err}") from err
+        name = request.path_params["name"]
+        return OrjsonResponse(await run_in_threadpool(v2.infer, self._core, name, body))
+
+    # --- serving state -----------------------------------------------------------------------
+    async def keys(self, request: Request) -> Response:
+        return OrjsonResponse(keys_document(self._core))
+
+    async def key(self, request: Request) -> Response:
+        return OrjsonResponse(slot_document(self._slot(request)))
+
+    async def models(self, request: Request) -> Response:
+        return OrjsonResponse(models_document(self._core))
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+
+    # --- admin -------------------------------------------------------------------------------
+    async def rollback(self, request: Request) -> Response:
+        slot = self._admin_slot(request)
+        restored = slot.rollback()
+        identity = restored.identity
+        return OrjsonResponse(
+            {"key": slot.key, "current": identity.name, "version": identity.version}
+        )
+
+    async def pin(self, request: Request) -> Response:
+        slot = self._admin_slot(request)
+        slot.pin(True)
+        return OrjsonResponse({"key": slot.key, "pinned": True})
+
+    async def unpin(self, request: Request) -> Response:
+        slot = self._admin_slot(request)
+        slot.pin(False)
+        return OrjsonResponse({"key": slot.key, "pinned": False})
+
+    async def unload(self, request: Request) -> Response:
+        slot = self._admin_slot(request)
+        self._core.unload(slot.key)
+        return OrjsonResponse({"key": slot.key, "unloaded": True})
+
+    def _admin_slot(self, request: Request) -> ModelSlot:
+        """The slot an admin action is about, once the caller proved to hold the admin token."""
+        if self._admin_token is None:
+            raise AdminDisabledError("admin actions are disabled: no admin token is configured")
+        scheme, _, offered = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            offered.strip().encode(), self._admin_token.encode()
+        ):
+            raise NotAuthenticatedError("admin actions need 'Authorization: Bearer <admin token>'")
+        return self._slot(request)
+
+    def _slot(self, request: Request) -> ModelSlot:
+        key = request.path_params["key"]
+        slot = self._core.find_slot(key)
+        if slot is None:
+            raise KeyNotFoundError(f"no key {key!r}")
+        return slot
