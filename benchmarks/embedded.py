@@ -13,8 +13,8 @@ from benchmarks.common import Row, Sizes, WineData, percentiles, rate
 from streamserve.codecs.base import InputRecord
 from streamserve.codecs.json import JsonCodec
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
-from streamserve.runtime.encoding import Encoded
-from streamserve.runtime.local import LocalRuntime
+from streamserve.runtime.embedded import EmbeddedRuntime
+from streamserve.runtime.encoding import OutputMessage
 from streamserve.runtime.streams import CountingSink, MemorySource, ModelQueue
 from streamserve.serving.core import ServingCore
 from streamserve.settings import BatchSettings, ServingSettings
@@ -29,7 +29,7 @@ class TimedSink(CountingSink):
         super().__init__()
         self.write_times: list[float] = []
 
-    def write(self, messages: Sequence[Encoded]) -> None:
+    def write(self, messages: Sequence[OutputMessage]) -> None:
         super().write(messages)
         self.write_times.append(time.perf_counter())
 
@@ -75,7 +75,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
         )
     )
     source, results, errors = TimedSource(records), TimedSink(), CountingSink()
-    runtime = LocalRuntime(
+    runtime = EmbeddedRuntime(
         core,
         JsonCodec(),
         source,
@@ -83,6 +83,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
         errors,
         BatchSettings(max_records=BATCH, max_delay_ms=5),
         models=models,
+        freeze_startup=True,  # as the server does
     )
     started = time.perf_counter()
     summary = runtime.run()

@@ -151,7 +151,7 @@ def _consumer(broker: Broker, group: str, **extra: Any) -> Any:
 
 
 def bare_consumer_rate(broker: Broker, topic: str, count: int) -> float:
-    """A consumer that only reads: the broker's and client's limit on this machine."""
+    """A consumer that only reads: the broker's and client's limit on the machine it runs on."""
     consumer = _consumer(broker, "bench-bare", **{"enable.auto.commit": False})
     consumer.subscribe([topic])
     seen, started = 0, 0.0
@@ -217,7 +217,7 @@ def _start_runtime(
     descriptor = ModelDescriptor(name=name, data_type="wine", model_type=model_type, data=data)
     broker.produce(settings.models_topic, [(b"wine", encode_descriptor(descriptor))])
     core = ServingCore(ServingSettings())
-    runtime = KafkaRuntime(core, WineRecordCodec(), settings, BatchSettings())
+    runtime = KafkaRuntime(core, WineRecordCodec(), settings, BatchSettings(), freeze_startup=True)
     outcome: dict[str, Any] = {}
 
     def serve() -> None:

@@ -47,7 +47,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
             [(b"a", _descriptor("a-old", "a", mlp_onnx)), (b"b", _descriptor("b", "b", mlp_onnx))],
         )
         core = ServingCore(ServingSettings())
-        runtime = KafkaRuntime(core, JsonCodec(), settings, BatchSettings())
+        runtime = KafkaRuntime(core, JsonCodec(), settings, BatchSettings(), freeze_startup=True)
         thread = threading.Thread(target=runtime.run, name="streamserve-swap")
         thread.start()
         if not runtime.ready.wait(120):

@@ -6,29 +6,24 @@ import argparse
 import logging
 import signal
 import sys
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
+from contextlib import ExitStack
 from pathlib import Path
-from typing import BinaryIO, Protocol
 
 from rich.console import Console
 
 from streamserve.api.server import ApiServer
-from streamserve.codecs.base import Codec
-from streamserve.codecs.build import build_codec
+from streamserve.codecs.registry import BUILTIN_CODECS, build_codec
 from streamserve.errors import StreamserveError
-from streamserve.runtime.heap import freeze_startup_objects
-from streamserve.runtime.local import LocalRuntime, RunSummary
-from streamserve.runtime.model_directory import ModelDirectory
+from streamserve.runtime.base import freeze_startup_objects
 from streamserve.runtime.publish import Publisher, model_descriptor, parse_options
+from streamserve.runtime.registry import RuntimeContext, build_runtime
 from streamserve.runtime.streams import (
-    LineSink,
-    StreamSource,
     read_length_delimited,
     read_lines,
 )
 from streamserve.serving.core import ServingCore
+from streamserve.serving.routing import load_router
 from streamserve.settings import KafkaSettings, Settings, load_settings
 
 
@@ -44,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from streamserve import __version__
+
     parser = argparse.ArgumentParser(prog="streamserve", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="run the wine demo (embedded, original models)")
@@ -58,7 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML settings file")
     serve.add_argument("--data", help="data file, one record per line (- for stdin)")
     serve.add_argument("--models", type=Path, help="models directory, watched for new models")
-    serve.add_argument("--codec", choices=["json", "csv", "wine-protobuf", "wine-csv"])
+    serve.add_argument(
+        "--codec",
+        metavar="NAME",
+        help=f"record codec: {', '.join(BUILTIN_CODECS)}, or an installed plug-in's name",
+    )
     serve.add_argument("--key", help="a constant key (data type) for every record")
     serve.add_argument("--results", help="results file (- for stdout)")
     serve.add_argument("--errors", help="errors file (- for stderr)")
@@ -76,9 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--runtime",
-        choices=["local", "kafka"],
-        default="local",
-        help="local: files and stdin/stdout; kafka: the [kafka] settings",
+        help="embedded (the default: files and stdin/stdout), kafka (the [kafka] settings), "
+        "or an installed plug-in runtime",
     )
     serve.set_defaults(handler=_serve)
 
@@ -128,7 +129,7 @@ def _console() -> Console:
 
 def _settings_from(args: argparse.Namespace) -> Settings:
     base = load_settings(args.config)
-    local = base.local.model_copy(
+    embedded = base.embedded.model_copy(
         update={
             name: value
             for name, value in {
@@ -148,43 +149,31 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         }
     )
     roots = [*base.serving.model_roots, *args.model_root]
-    if local.models_dir is not None:
-        roots.append(local.models_dir)
+    if embedded.models_dir is not None:
+        roots.append(embedded.models_dir)
     serving = base.serving.model_copy(update={"model_roots": roots})
     api = (
         base.api if args.http_port is None else base.api.model_copy(update={"port": args.http_port})
     )
-    return base.model_copy(update={"local": local, "codec": codec, "serving": serving, "api": api})
-
-
-class _Runtime(Protocol):
-    ready: threading.Event
-    consumer_lag: int | None
-
-    def run(self, count: int | None = None, timeout_s: float | None = None) -> RunSummary: ...
-
-    def stop(self) -> None: ...
+    update = {"embedded": embedded, "codec": codec, "serving": serving, "api": api}
+    if args.runtime is not None:
+        update["runtime"] = args.runtime
+    return base.model_copy(update=update)
 
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
     codec = build_codec(settings.codec)
-    core = ServingCore(settings.serving)
-    with ExitStack() as stack:
-        stack.callback(core.close)
-        runtime: _Runtime
-        if args.runtime == "kafka":
-            from streamserve.runtime.kafka import KafkaRuntime
-
-            runtime = KafkaRuntime(core, codec, settings.kafka, settings.batch)
-        else:
-            runtime = _local_runtime(settings, core, codec, stack)
+    serving = settings.serving
+    router = load_router(serving.router, serving.router_options) if serving.router else None
+    with ServingCore(serving, router=router) as core, ExitStack() as resources:
+        runtime = build_runtime(settings.runtime, RuntimeContext(settings, core, codec, resources))
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runtime.stop())
         if settings.api.port is not None:
             api = ApiServer(core, settings.api, runtime.ready.is_set, lambda: runtime.consumer_lag)
             api.start()
-            stack.callback(api.stop)
+            resources.callback(api.stop)
             print(
                 f"streamserve: HTTP API on http://{settings.api.host}:{api.port}",
                 file=sys.stderr,
@@ -198,30 +187,6 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     return 0
-
-
-def _local_runtime(
-    settings: Settings, core: ServingCore, codec: Codec, stack: ExitStack
-) -> LocalRuntime:
-    data_stream = stack.enter_context(_open_input(settings.local.data))
-    results = stack.enter_context(_open_output(settings.local.results, sys.stdout.buffer))
-    errors = stack.enter_context(_open_output(settings.local.errors, sys.stderr.buffer))
-    source = StreamSource(
-        data_stream,
-        Path(settings.local.data).name,
-        length_delimited=settings.codec.format == "wine-protobuf",
-    )
-    models = ModelDirectory(settings.local.models_dir) if settings.local.models_dir else None
-    return LocalRuntime(
-        core,
-        codec,
-        source,
-        LineSink(results),
-        LineSink(errors),
-        settings.batch,
-        models=models,
-        model_poll_interval_s=settings.local.poll_interval_ms / 1000,
-    )
 
 
 def _kafka_arguments(command: argparse.ArgumentParser) -> None:
@@ -266,8 +231,8 @@ def _publish_data(args: argparse.Namespace) -> int:
             payloads = list(frames(stream))
     except (OSError, ValueError) as err:
         raise StreamserveError(f"cannot read records from {args.file}: {err}") from err
-    # A list of a million records costs the collector's every full pass ~40 ms, and those
-    # passes showed as gaps in the paced stream: out of its view, the pace holds to ~2 ms.
+    # Every full pass of the cyclic collector walks a list of a million records, and those
+    # pauses show as gaps in the paced stream: out of its view, the pace holds.
     freeze_startup_objects()
     topic = args.topic or kafka.data_topics[0]
     publisher.publish_records(topic, payloads, args.rate, _console())
@@ -279,27 +244,3 @@ def _status(args: argparse.Namespace) -> int:
     from streamserve.api.status import print_status
 
     return print_status(_console(), args.url)
-
-
-@contextmanager
-def _open_input(name: str) -> Iterator[BinaryIO]:
-    if name == "-":
-        yield sys.stdin.buffer
-        return
-    try:
-        with open(name, "rb") as stream:
-            yield stream
-    except OSError as err:
-        raise StreamserveError(f"cannot open data file {name}: {err}") from err
-
-
-@contextmanager
-def _open_output(name: str, default: BinaryIO) -> Iterator[BinaryIO]:
-    if name == "-":
-        yield default
-        return
-    try:
-        with open(name, "ab") as stream:
-            yield stream
-    except OSError as err:
-        raise StreamserveError(f"cannot open output file {name}: {err}") from err

@@ -8,9 +8,8 @@ to constructors. Environment variables override the file; nested fields use ``__
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -59,6 +58,13 @@ class ServingSettings(_Section):
         description="types a skops file may instantiate beyond skops' own defaults",
     )
 
+    router: str | None = Field(
+        None, description="a plug-in key router's name (streamserve.routers); None: each key's own"
+    )
+    router_options: dict[str, object] = Field(
+        default_factory=dict, description="the router's own settings"
+    )
+
 
 class BatchSettings(_Section):
     max_records: int = Field(1024, ge=1, description="a micro-batch closes at this size")
@@ -66,21 +72,60 @@ class BatchSettings(_Section):
 
 
 class CodecSettings(_Section):
-    format: Literal["json", "csv", "wine-protobuf", "wine-csv"] = "json"
+    format: str = Field(
+        "json",
+        min_length=1,
+        description="the codec's name: a built-in (json, csv, wine-protobuf, wine-csv) or a "
+        "plug-in's (entry-point group streamserve.codecs); checked when the codec is built",
+    )
     key_field: str = "dataType"
     key: str | None = Field(None, description="a constant key for every record")
     prefer_message_key: bool = False
     csv_columns: list[str] = Field(default_factory=list)
     csv_delimiter: str = ","
     csv_ignore: list[str] = Field(default_factory=list)
+    options: dict[str, object] = Field(
+        default_factory=dict,
+        description="a plug-in codec's own settings, read by its factory ([codec.options])",
+    )
 
 
-class LocalSettings(_Section):
+class EmbeddedSettings(_Section):
+    """The embedded runtime's inputs and outputs: files or the standard streams."""
+
     data: str = Field("-", description="data file (one record per line), or - for stdin")
     models_dir: Path | None = Field(None, description="watched for model files and descriptors")
     results: str = Field("-", description="results file (JSON lines), or - for stdout")
     errors: str = Field("-", description="errors file (JSON lines), or - for stderr")
     poll_interval_ms: float = Field(200.0, gt=0, description="how often models_dir is scanned")
+
+
+MANAGED_KAFKA_PROPERTIES: dict[str, dict[str, str]] = {
+    "consumer": {
+        "group.id": "set kafka.group_id",
+        "enable.auto.commit": "offsets are committed once outputs are acknowledged",
+        "enable.auto.offset.store": "offsets are committed once outputs are acknowledged",
+        "enable.partition.eof": "the models reader relies on it",
+        "on_commit": "streamserve logs failed commits",
+    },
+    "producer": {"transactional.id": "set kafka.transactional_id"},
+}
+
+_NO_ACKS = "outputs count as acknowledged once sent, written or not, and offsets are committed"
+REFUSED_KAFKA_VALUES: dict[str, tuple[tuple[str, frozenset[str], str], ...]] = {
+    # (property, values as librdkafka reads them, why): the at-least-once guarantee commits
+    # offsets once every output's delivery is acknowledged, so acks must be real and reported.
+    "consumer": (),
+    "producer": (
+        ("acks", frozenset({"0"}), _NO_ACKS),
+        ("request.required.acks", frozenset({"0"}), _NO_ACKS),
+        (
+            "delivery.report.only.error",
+            frozenset({"true", "t", "1"}),
+            "no output is ever acknowledged, so no offset is ever committed",
+        ),
+    ),
+}
 
 
 class KafkaSettings(_Section):
@@ -113,6 +158,29 @@ class KafkaSettings(_Section):
         None, description="the replica's transactional.id (default: group, host and process id)"
     )
 
+    @field_validator("consumer", "producer")
+    @classmethod
+    def _leaves_managed_properties_alone(
+        cls, properties: dict[str, str | int | bool], info: ValidationInfo
+    ) -> dict[str, str | int | bool]:
+        """Properties that streamserve's delivery guarantees rest on are not overridable: auto
+        commits would commit records before their outputs are written, and the models reader
+        needs its own group and end-of-partition events to know it has caught up. Producer
+        values that fake or hide delivery acknowledgements are refused too."""
+        managed = MANAGED_KAFKA_PROPERTIES[info.field_name or ""]
+        clashes = sorted(managed.keys() & properties.keys())
+        if clashes:
+            advice = "; ".join(f"{name}: {managed[name]}" for name in clashes)
+            raise ValueError(f"streamserve sets these itself: {advice}")
+        refused = [
+            f"{name} = {properties[name]!r}: {why}"
+            for name, values, why in REFUSED_KAFKA_VALUES[info.field_name or ""]
+            if name in properties and str(properties[name]).lower() in values
+        ]
+        if refused:
+            raise ValueError(f"these break at-least-once delivery: {'; '.join(refused)}")
+        return properties
+
 
 class ApiSettings(_Section):
     host: str = Field("127.0.0.1", description="address the HTTP API listens on")
@@ -133,7 +201,11 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     codec: CodecSettings = Field(default_factory=CodecSettings)
-    local: LocalSettings = Field(default_factory=LocalSettings)
+    runtime: str = Field("embedded", description="embedded, kafka, or a plug-in runtime's name")
+    runtime_options: dict[str, object] = Field(
+        default_factory=dict, description="a plug-in runtime's own settings"
+    )
+    embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
 

@@ -125,3 +125,19 @@ def test_serve_reports_a_missing_data_file_clearly(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert b"cannot open data file" in done.stderr
     assert b"Traceback" not in done.stderr
+
+
+def test_version_prints_the_installed_packages_version() -> None:
+    from importlib.metadata import version
+
+    import streamserve
+
+    script = Path(sys.executable).with_name("streamserve")  # the installed console script
+    done = subprocess.run(
+        [str(script), "--version"], capture_output=True, env=ENV, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode() == f"streamserve {streamserve.__version__}\n"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", streamserve.__version__)
+    # The package's metadata takes its version from the same line (reinstall if this fails).
+    assert version("streamserve") == streamserve.__version__

@@ -25,8 +25,8 @@ from mutations import (
 )
 
 from streamserve.codecs.base import Codec, DecodedBatch, InputRecord
-from streamserve.codecs.build import build_codec
 from streamserve.codecs.protobuf import WINE_FEATURES, encode_wine_record
+from streamserve.codecs.registry import build_codec
 from streamserve.errors import RecordDecodeError
 from streamserve.settings import CodecSettings
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from mutations import WINE_ROW, fuzz_settings, json_records, mutated
 
 from builders import onnx_descriptor, onnx_named_linear
-from streamserve.codecs.build import build_codec
 from streamserve.codecs.protobuf import WINE_FEATURES
+from streamserve.codecs.registry import build_codec
 from streamserve.serving.core import ServingCore
 from streamserve.settings import BatchSettings, CodecSettings, ServingSettings
 from streamserve.testing import records_from, serve_records

@@ -7,14 +7,18 @@ import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from builders import onnx_always_raising, onnx_constant, onnx_descriptor, wine_json_lines
 from streamserve.codecs.json import JsonCodec
 from streamserve.descriptor import ModelDescriptor, ModelType
 from streamserve.descriptor._generated import modeldescriptor_pb2
+from streamserve.formats.base import FactoryContext, LoadRequest, Model
+from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.core import ServingCore
-from streamserve.testing import records_from, serve_records
+from streamserve.settings import ServingSettings
+from streamserve.testing import FunctionFactory, records_from, serve_records
 
 BadModel = Callable[[Path, Path], "ModelDescriptor | bytes"]
 
@@ -210,3 +214,53 @@ def test_digest_checked_location_loads_when_it_matches(
     assert {r["version"] for r in run.results} == {
         f"sha256:{hashlib.sha256(data).hexdigest()[:12]}"
     }
+
+
+class ExitingFactory(FunctionFactory):
+    """Calls sys.exit() for one model, as a model library may on a file it dislikes."""
+
+    def load(self, request: LoadRequest) -> Model:
+        if request.name == "exits-on-load":
+            raise SystemExit(3)
+        return super().load(request)
+
+
+def test_a_factory_calling_sys_exit_rejects_its_model_and_later_models_still_load() -> None:
+    """SystemExit is no Exception, yet it must not end the loader thread: a poison pill on the
+    models topic would stop every later load, at every restart."""
+    registry = FactoryRegistry(FactoryContext())
+    factory = ExitingFactory(lambda rows: rows[:, 0], width=2)
+    registry.register(1415, lambda context: factory)
+    with ServingCore(ServingSettings(), registry) as core:
+        core.submit_model(
+            ModelDescriptor(name="exits-on-load", data_type="k", model_type=1415, data=b"-")
+        )
+        core.wait_for_models(5)
+        core.submit_model(
+            ModelDescriptor(name="fine", data_type="other", model_type=1415, data=b"-")
+        )
+        loaded = core.wait_for_models(5)
+        assert loaded, f"no later model loads ({core.loads_pending} pending): the loader died"
+        rejected, rejection = core.rejections_of("k")
+        slot = core.find_slot("other")
+        held = [] if slot is None else [served.identity.name for _, served in slot.models()]
+    assert rejected == 1
+    assert rejection is not None
+    assert "factory raised SystemExit(3)" in rejection.reason
+    assert held == ["fine"]
+
+
+def _exits(rows: np.ndarray) -> np.ndarray:
+    raise SystemExit("the model library gave up")
+
+
+def test_a_model_calling_sys_exit_on_its_probe_batch_is_rejected() -> None:
+    registry = FactoryRegistry(FactoryContext())
+    registry.register(1415, FunctionFactory(_exits, width=2))
+    with ServingCore(ServingSettings(), registry) as core:
+        core.submit_model(ModelDescriptor(name="m", data_type="k", model_type=1415, data=b"-"))
+        assert core.wait_for_models(5)
+        rejected, rejection = core.rejections_of("k")
+    assert rejected == 1
+    assert rejection is not None
+    assert "raised scoring a probe batch of 2 rows: the model library gave up" in rejection.reason

@@ -182,3 +182,26 @@ def test_a_feature_names_option_of_the_wrong_width_rejects_the_model() -> None:
         run = serve_records(core, JsonCodec(), records_from([_record(a=1, b=2)]), models=[wrong])
     (rejection,) = [e for e in run.errors if e["kind"] == "model_rejected"]
     assert "must name each of its 3 input columns once" in rejection["reason"]
+
+
+def _first_column_unless_negative(features: np.ndarray) -> np.ndarray:
+    if (features[:, 0] < 0).any():
+        raise SystemExit("the model library gave up on a negative input")
+    return features[:, 0]
+
+
+def test_a_model_calling_sys_exit_on_one_record_fails_that_record_alone() -> None:
+    """SystemExit is no Exception, yet a model library calling sys.exit() is a model failure:
+    escaping, it would fail the whole batch, and on Kafka replay it at every restart."""
+    registry = FactoryRegistry(FactoryContext())
+    factory = FunctionFactory(_first_column_unless_negative, width=2)
+    registry.register(1415, lambda context: factory)
+    model = ModelDescriptor(name="m", data_type="k", model_type=1415, data=b"-")
+    records = records_from([_record(a=value, b=0.0) for value in (1.0, -1.0, 2.0)])
+
+    with ServingCore(ServingSettings(), registry) as core:
+        run = serve_records(core, JsonCodec(), records, models=[model])
+
+    assert (len(run.results), len(run.errors)) == (2, 1)
+    assert [r["value"] for r in run.results] == [1.0, 2.0]
+    assert "gave up on a negative input" in run.errors[0]["reason"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import struct
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -10,15 +11,20 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from codec_plugins import install_packed_floats
+from confluent_kafka import Producer
 from kafka_broker import TEST_CONSUMER_SETTINGS, Broker, running_broker
+from plugins import on_sys_path
 
+from builders import onnx_constant, onnx_descriptor
 from streamserve.codecs.csv import wine_csv_codec
 from streamserve.codecs.protobuf import WineRecordCodec, encode_wine_record
+from streamserve.codecs.registry import build_codec
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
 from streamserve.errors import InfrastructureError
 from streamserve.runtime.kafka import KafkaRuntime
 from streamserve.serving.core import ServingCore
-from streamserve.settings import BatchSettings, KafkaSettings, ServingSettings
+from streamserve.settings import BatchSettings, CodecSettings, KafkaSettings, ServingSettings
 from streamserve.testing import records_from, serve_records
 
 pytestmark = pytest.mark.slow
@@ -281,3 +287,35 @@ def test_outputs_unacknowledged_past_the_flush_timeout_stop_the_run_with_nothing
     core.close()
     positions = {orjson.loads(m.value())["position"] for m in broker.read_all("results")}
     assert len(positions) == 50, "records were committed before their outputs were acknowledged"
+
+
+def test_a_codec_sees_each_records_topic_and_headers(broker: Broker, tmp_path: Path) -> None:
+    # The packed-floats plug-in keys a record by its data-type header, else by its topic.
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    producer.produce("wine-data", struct.pack("<3d", 1, 2, 3), headers=[("data-type", b"red")])
+    producer.produce("wine-data", struct.pack("<3d", 4, 5, 6))
+    producer.flush(30)
+    broker.produce(
+        "models",
+        [
+            (None, encode_descriptor(onnx_descriptor("by-header", onnx_constant(3, 5.0), "red"))),
+            (
+                None,
+                encode_descriptor(onnx_descriptor("by-topic", onnx_constant(3, 7.0), "wine-data")),
+            ),
+        ],
+    )
+    with (
+        on_sys_path(install_packed_floats(tmp_path / "site")),
+        ServingCore(ServingSettings()) as core,
+    ):
+        codec = build_codec(CodecSettings(format="packed-floats", options={"width": 3}))
+        runtime = KafkaRuntime(core, codec, kafka_settings(broker), BatchSettings())
+        summary = runtime.run(count=2, timeout_s=120)
+
+    assert (summary.results, summary.errors) == (2, 0)
+    results = [orjson.loads(m.value()) for m in broker.read_all("results")]
+    assert sorted((r["key"], r["model"], r["value"]) for r in results) == [
+        ("red", "by-header", 5.0),
+        ("wine-data", "by-topic", 7.0),
+    ]

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from streamserve.errors import ConfigurationError
-from streamserve.settings import Settings, load_settings
+from streamserve.settings import KafkaSettings, Settings, load_settings
 
 
 def test_defaults() -> None:
@@ -52,3 +52,55 @@ def test_an_empty_admin_token_is_refused_by_the_app_too() -> None:
 
     with ServingCore(ServingSettings()) as core, pytest.raises(ConfigurationError, match="empty"):
         build_app(core, admin_token="")
+
+
+@pytest.mark.parametrize(
+    ("section", "prop", "advice"),
+    [
+        ("consumer", "enable.auto.commit", "once outputs are acknowledged"),
+        ("consumer", "group.id", "set kafka.group_id"),
+        ("consumer", "enable.partition.eof", "models reader"),
+        ("producer", "transactional.id", "set kafka.transactional_id"),
+    ],
+)
+def test_kafka_properties_the_guarantees_rest_on_cannot_be_overridden(
+    tmp_path: Path, section: str, prop: str, advice: str
+) -> None:
+    config = tmp_path / "streamserve.toml"
+    config.write_text(f'[kafka.{section}]\n"{prop}" = "x"\n"security.protocol" = "SSL"\n')
+    with pytest.raises(ConfigurationError, match=f"kafka.{section}.*{prop}: .*{advice}"):
+        load_settings(config)
+
+
+def test_other_kafka_properties_pass_through(tmp_path: Path) -> None:
+    config = tmp_path / "streamserve.toml"
+    config.write_text('[kafka.consumer]\n"security.protocol" = "SSL"\n"fetch.wait.max.ms" = 10\n')
+    assert load_settings(config).kafka.consumer == {
+        "security.protocol": "SSL",
+        "fetch.wait.max.ms": 10,
+    }
+
+
+@pytest.mark.parametrize(
+    ("producer", "reason"),
+    [
+        ({"acks": 0}, "acks = 0: outputs count as acknowledged once sent"),
+        ({"request.required.acks": 0}, "request.required.acks = 0: outputs count as"),
+        ({"delivery.report.only.error": True}, "delivery.report.only.error = True: no output"),
+    ],
+    ids=["acks-0", "request.required.acks-0", "delivery-report-only-error"],
+)
+def test_producer_values_that_fake_or_hide_delivery_acknowledgements_are_refused(
+    producer: dict[str, int | bool], reason: str
+) -> None:
+    with pytest.raises(ValueError, match=f"break at-least-once delivery: {reason}"):
+        KafkaSettings(producer=producer)
+
+
+def test_producer_values_that_keep_delivery_acknowledgements_pass_through() -> None:
+    producer: dict[str, str | int | bool] = {
+        "acks": "all",
+        "request.required.acks": 1,
+        "delivery.report.only.error": False,
+    }
+    assert KafkaSettings(producer=producer).producer == producer

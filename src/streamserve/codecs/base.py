@@ -1,20 +1,31 @@
-"""Records as sources deliver them, the columnar batch codecs decode them into, and key rules."""
+"""Records as sources deliver them, the columnar batch codecs decode them into, key rules, and
+how a codec's records are framed in a byte stream."""
 
 from __future__ import annotations
 
+import enum
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, NamedTuple, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, Protocol, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from streamserve.errors import RecordDecodeError
 from streamserve.formats.base import FloatMatrix
 
+if TYPE_CHECKING:
+    from streamserve.settings import CodecSettings
+
+Headers = tuple[tuple[str, bytes | None], ...]
+"""A message's headers in their order, as Kafka carries them: a name may repeat, a value may be
+null."""
+
 
 class InputRecord(NamedTuple):
-    """One data message: its bytes, its message key (if any) and where it came from.
+    """One data message: its bytes, its message key (if any), where it came from, and the topic
+    and headers it arrived with (empty when its source has none: files, stdin, HTTP).
 
     A named tuple: one is made per record on the hot path, at about half a frozen dataclass's
     cost."""
@@ -22,6 +33,18 @@ class InputRecord(NamedTuple):
     payload: bytes
     key: bytes | None = None
     position: str = ""
+    topic: str = ""
+    headers: Headers = ()
+
+
+class Framing(enum.Enum):
+    """How a codec's records are cut out of a byte stream (a file, stdin); message transports
+    (Kafka, HTTP) deliver records whole and ignore it."""
+
+    LINES = "lines"
+    """One record per line (newline-delimited text: JSON lines, CSV)."""
+    LENGTH_DELIMITED = "length-delimited"
+    """Each record prefixed by its length as a varint (binary records, e.g. protobuf)."""
 
 
 FieldOrder = tuple[str, ...]  # a record's field names, in the record's order
@@ -38,6 +61,10 @@ class KeyRule:
     field: str = "dataType"
     constant: str | None = None
     prefer_message_key: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: CodecSettings) -> KeyRule:
+        return cls(settings.key_field, settings.key, settings.prefer_message_key)
 
     def resolve(self, record: InputRecord, field_value: object) -> str:
         if self.constant is not None:
@@ -78,12 +105,25 @@ class DecodedBatch:
     def __len__(self) -> int:
         return len(self.records)
 
+    def rows_by_key(self) -> dict[str, npt.NDArray[np.intp]]:
+        """Each key's rows, in input order; rows without a key (undecodable) are left out."""
+        groups: dict[str, list[int]] = {}
+        for row, key in enumerate(self.keys):
+            if key is not None:
+                groups.setdefault(key, []).append(row)
+        return {key: np.asarray(rows, dtype=np.intp) for key, rows in groups.items()}
+
 
 class Codec(Protocol):
-    """Decodes a batch of records at once (columnar), never raising for one bad record."""
+    """Decodes a batch of records at once (columnar), never raising for one bad record.
+
+    ``framing`` says how its records are cut out of a file or stdin."""
 
     @property
     def name(self) -> str: ...
+
+    @property
+    def framing(self) -> Framing: ...
 
     def decode(self, records: Sequence[InputRecord]) -> DecodedBatch: ...
 

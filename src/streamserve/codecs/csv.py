@@ -1,23 +1,29 @@
 """Delimited text records, one line per record, every column numeric except the key column.
 
 The original wine CSV is ``;``-separated with no header: 11 features in WineRecord order, then
-the quality label, which :data:`WINE_CSV` ignores. Columns come from settings or a header line.
+the quality label, which :data:`WINE_CSV` ignores. Columns are named by ``codec.csv_columns``;
+a header line is not read (it fails as an undecodable record).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 from streamserve.codecs.base import (
     DecodedBatch,
+    Framing,
     InputRecord,
     KeyRule,
     batch_from_rows,
     decode_each,
 )
 from streamserve.codecs.protobuf import WINE_FEATURES
-from streamserve.errors import RecordDecodeError
+from streamserve.errors import ConfigurationError, RecordDecodeError
+
+if TYPE_CHECKING:
+    from streamserve.settings import CodecSettings
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class CsvCodec:
     ignore: frozenset[str] = frozenset()
     key_rule: KeyRule = field(default_factory=KeyRule)
     name: str = "csv"
+    framing: ClassVar[Framing] = Framing.LINES
 
     def __post_init__(self) -> None:
         if not self.columns:
@@ -84,3 +91,20 @@ def wine_csv_codec(key: str = "wine") -> CsvCodec:
         ignore=frozenset({"quality"}),
         key_rule=KeyRule(constant=key),
     )
+
+
+def build_csv_codec(settings: CodecSettings) -> CsvCodec:
+    """The built-in codec ``csv``: its columns from ``csv_columns``."""
+    if not settings.csv_columns:
+        raise ConfigurationError("codec csv needs csv_columns (the name of every column)")
+    return CsvCodec(
+        columns=tuple(settings.csv_columns),
+        delimiter=settings.csv_delimiter,
+        ignore=frozenset(settings.csv_ignore),
+        key_rule=KeyRule.from_settings(settings),
+    )
+
+
+def build_wine_csv_codec(settings: CodecSettings) -> CsvCodec:
+    """The built-in codec ``wine-csv``: every record gets the constant key (default ``wine``)."""
+    return wine_csv_codec(settings.key or "wine")

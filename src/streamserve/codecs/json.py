@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING, ClassVar, cast
 
 import orjson
 
@@ -19,12 +19,16 @@ from streamserve.codecs.base import (
     DecodedBatch,
     DecodedRecords,
     FieldOrder,
+    Framing,
     InputRecord,
     KeyRule,
     batch_from_rows,
     decode_each,
 )
 from streamserve.errors import RecordDecodeError
+
+if TYPE_CHECKING:
+    from streamserve.settings import CodecSettings
 
 FEATURES_FIELD = "features"
 NUMBER_TYPES = frozenset((float, int))
@@ -34,6 +38,7 @@ NUMBER_TYPES = frozenset((float, int))
 class JsonCodec:
     key_rule: KeyRule = field(default_factory=KeyRule)
     name: str = "json"
+    framing: ClassVar[Framing] = Framing.LINES
 
     def decode(self, records: Sequence[InputRecord]) -> DecodedBatch:
         decoded = decode_each(records, self._decode_one)
@@ -60,9 +65,14 @@ class JsonCodec:
         return key, _features(document, self.key_rule.field)
 
 
+def build_json_codec(settings: CodecSettings) -> JsonCodec:
+    """The built-in codec ``json``."""
+    return JsonCodec(KeyRule.from_settings(settings))
+
+
 def _features(document: dict[str, object], key_field: str) -> dict[str, float]:
     """The document's features; the document itself (its key removed) when every other value is
-    a number, the common case, checked in C (1.2 µs a record less than the loop below)."""
+    a number, the common case, checked in C (much faster than the loop below)."""
     document.pop(key_field, None)
     if NUMBER_TYPES.issuperset(map(type, document.values())):  # bool is not int here
         return cast(dict[str, float], document)

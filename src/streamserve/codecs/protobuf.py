@@ -5,11 +5,13 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 from google.protobuf.message import DecodeError
 
 from streamserve.codecs.base import (
     DecodedBatch,
+    Framing,
     InputRecord,
     KeyRule,
     batch_from_rows,
@@ -17,6 +19,9 @@ from streamserve.codecs.base import (
 )
 from streamserve.descriptor._generated import winerecord_pb2
 from streamserve.errors import RecordDecodeError
+
+if TYPE_CHECKING:
+    from streamserve.settings import CodecSettings
 
 WINE_FEATURES: tuple[str, ...] = (
     "fixed_acidity",
@@ -45,6 +50,7 @@ def encode_wine_record(features: Sequence[float], data_type: str = "wine", ts: i
 class WineRecordCodec:
     key_rule: KeyRule = field(default_factory=KeyRule)
     name: str = "wine-protobuf"
+    framing: ClassVar[Framing] = Framing.LENGTH_DELIMITED  # binary: a byte may be a newline
 
     def decode(self, records: Sequence[InputRecord]) -> DecodedBatch:
         message = winerecord_pb2.WineRecord()
@@ -61,3 +67,8 @@ class WineRecordCodec:
             return key, features_of(message)
 
         return batch_from_rows(records, WINE_FEATURES, decode_each(records, decode_one))
+
+
+def build_wine_record_codec(settings: CodecSettings) -> WineRecordCodec:
+    """The built-in codec ``wine-protobuf``."""
+    return WineRecordCodec(KeyRule.from_settings(settings))

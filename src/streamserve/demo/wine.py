@@ -22,7 +22,8 @@ from rich.table import Table
 from streamserve.codecs.base import InputRecord
 from streamserve.codecs.csv import wine_csv_codec
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
-from streamserve.runtime.local import LocalRuntime, RunSummary
+from streamserve.runtime.base import RunSummary
+from streamserve.runtime.embedded import EmbeddedRuntime
 from streamserve.runtime.streams import CountingSink, MemorySink, MemorySource, ModelQueue
 from streamserve.serving.core import ServingCore
 from streamserve.serving.events import ModelEvent, ModelEventKind
@@ -165,7 +166,7 @@ def _run(
         threading.Thread(target=publish_models, daemon=True),
         threading.Thread(target=stream_records, daemon=True),
     ]
-    runtime = LocalRuntime(
+    runtime = EmbeddedRuntime(
         core,
         wine_csv_codec(KEY),
         data,
@@ -174,6 +175,7 @@ def _run(
         BatchSettings(max_records=512, max_delay_ms=5),
         models=models,
         on_event=show,
+        freeze_startup=True,  # the demo is a server process: it runs once
     )
     for thread in threads:
         thread.start()

@@ -1,6 +1,6 @@
 """ModelDescriptor (FLIP-23 wire format) and WineRecord: typed values, decode and encode."""
 
-from streamserve.descriptor.model import (
+from streamserve.descriptor.model_descriptor import (
     ModelDescriptor,
     ModelType,
     OutputRule,

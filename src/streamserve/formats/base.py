@@ -66,7 +66,7 @@ DEFAULT_SKLEARN_TRUSTED_TYPES: tuple[str, ...] = (
 )
 
 
-class RuledModel(ABC):
+class RawOutputModel(ABC):
     """A model whose published values are its raw output under the descriptor's output rule.
 
     Formats give ``raw_output`` and ``close``; the inputs, the rule and the name live here once.

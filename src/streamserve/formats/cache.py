@@ -4,7 +4,7 @@ A restarted replica reads the same model bytes from the models topic again; what
 derive from them is kept here under their digest:
 
 * unpacked archives (a TensorFlow SavedModel sent inline as tar or zip), and
-* safety checks they passed (LightGBM's parse in a child process).
+* safety checks they passed (XGBoost's and LightGBM's parse in a child process).
 
 Several processes and threads may share one cache. The rules that make this safe:
 

@@ -25,7 +25,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    RuledModel,
+    RawOutputModel,
     import_optional,
 )
 from streamserve.formats.isolation import REMEMBERED_PASSES, CheckedOnce, ChildCheck
@@ -37,7 +37,7 @@ def _lightgbm() -> Any:
     return import_optional("lightgbm", "for LightGBM models", "lightgbm")
 
 
-class LightGBMModel(RuledModel):
+class LightGBMModel(RawOutputModel):
     def __init__(self, booster: Any, threads: int, output: OutputRule, name: str) -> None:
         names = [str(n) for n in booster.feature_name()]
         generated = all(_GENERATED_NAME.fullmatch(n) for n in names)

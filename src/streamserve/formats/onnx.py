@@ -20,7 +20,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    RuledModel,
+    RawOutputModel,
     import_optional,
 )
 
@@ -36,7 +36,7 @@ def _onnxruntime() -> Any:
     return import_optional("onnxruntime", "for ONNX models", "onnx")
 
 
-class OnnxModel(RuledModel):
+class OnnxModel(RawOutputModel):
     def __init__(
         self, session: Any, output_name: str, inputs: InputSpec, output: OutputRule, name: str
     ) -> None:
@@ -104,9 +104,9 @@ class OnnxFactory:
         options.intra_op_num_threads = self._context.threads_per_model
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        # No per-session memory arena: measured on the wine MLP, scoring is as fast at 1 to
-        # 1,024 rows, a small session takes 80 KB instead of 118 KB, and 10,000 models under a
-        # budget of 1,000 re-instantiating 46k times end at 495 MiB RSS instead of 780 MiB.
+        # No per-session memory arena: small models score as fast without one, and an arena per
+        # session multiplies memory by the number of models held (and keeps what churned
+        # sessions took). The benchmarks' "many" scenario measures it.
         options.enable_cpu_mem_arena = False
         try:
             session = ort.InferenceSession(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 
 from streamserve.descriptor import ModelType
-from streamserve.descriptor.model import model_type_label
+from streamserve.descriptor.model_descriptor import model_type_label
 from streamserve.errors import ConfigurationError, ModelLoadError
 from streamserve.formats.base import FactoryContext, ModelFactory
 

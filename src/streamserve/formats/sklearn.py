@@ -24,7 +24,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    RuledModel,
+    RawOutputModel,
     import_optional,
 )
 
@@ -36,7 +36,7 @@ def _skops() -> Any:
     return import_optional("skops.io", "for scikit-learn models", "sklearn")
 
 
-class SklearnModel(RuledModel):
+class SklearnModel(RawOutputModel):
     def __init__(self, estimator: Any, method: str, output: OutputRule, name: str) -> None:
         names = getattr(estimator, "feature_names_in_", None)
         if names is not None:

@@ -22,7 +22,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    RuledModel,
+    RawOutputModel,
     import_optional,
 )
 from streamserve.formats.cache import LeasedDirectory
@@ -41,7 +41,7 @@ def _tensorflow(context: FactoryContext) -> Any:
         return tf
 
 
-class TensorFlowModel(RuledModel):
+class TensorFlowModel(RawOutputModel):
     """A TF function of one float32 input tensor [rows, width] and one output tensor."""
 
     def __init__(

@@ -27,7 +27,7 @@ from streamserve.formats.base import (
     InputSpec,
     LoadRequest,
     Model,
-    RuledModel,
+    RawOutputModel,
     import_optional,
 )
 from streamserve.formats.isolation import REMEMBERED_PASSES, CheckedOnce, ChildCheck
@@ -37,7 +37,7 @@ def _xgboost() -> Any:
     return import_optional("xgboost", "for XGBoost models", "xgboost")
 
 
-class XGBoostModel(RuledModel):
+class XGBoostModel(RawOutputModel):
     def __init__(self, booster: Any, output: OutputRule, name: str) -> None:
         names = booster.feature_names
         spec = InputSpec(len(names), tuple(names)) if names else InputSpec(booster.num_features())

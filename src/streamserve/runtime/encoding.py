@@ -19,19 +19,20 @@ from streamserve.serving.core import ServingCore
 from streamserve.serving.events import ModelEvent, ModelEventKind
 from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
 
-Encoded = tuple[bytes | None, bytes]  # (message key, message value)
+OutputMessage = tuple[bytes | None, bytes]  # (message key, message value)
 MAX_ERROR_INPUT_BYTES = 64 * 1024  # at most 6x that once JSON-escaped: under Kafka's 1 MB
 MAX_REASON_CHARS = 4096
+INTERNAL_ERROR = "internal_error"  # the kind of a record failed by a defect no step foresaw
 
 
-def encode_outcome(outcome: BatchOutcome) -> tuple[list[Encoded], list[Encoded]]:
+def encode_outcome(outcome: BatchOutcome) -> tuple[list[OutputMessage], list[OutputMessage]]:
     """``(results, errors)`` encoded, each in input order.
 
     A value the encoder refuses fails its record alone (``scoring_failed``, with the reason);
     validation runs the same check on every new model, so a model whose outputs cannot be
     published never becomes current.
     """
-    results: list[tuple[int, Encoded]] = []
+    results: list[tuple[int, OutputMessage]] = []
     record_errors = list(outcome.errors)
     for group in outcome.groups:
         try:
@@ -49,11 +50,11 @@ def encode_outcome(outcome: BatchOutcome) -> tuple[list[Encoded], list[Encoded]]
     return [encoded for _, encoded in results], errors
 
 
-def _encode_group(group: ScoredGroup, outcome: BatchOutcome) -> list[tuple[int, Encoded]]:
+def _encode_group(group: ScoredGroup, outcome: BatchOutcome) -> list[tuple[int, OutputMessage]]:
     key = group.key.encode()
     model = group.model
     scoring_us = round(group.scoring_s_per_record * 1e6, 3)
-    encoded: list[tuple[int, Encoded]] = []
+    encoded: list[tuple[int, OutputMessage]] = []
     for row, value in zip(group.rows.tolist(), group.values.tolist(), strict=True):
         document = {
             "key": group.key,
@@ -69,8 +70,8 @@ def _encode_group(group: ScoredGroup, outcome: BatchOutcome) -> list[tuple[int, 
 
 def _encode_rows_alone(
     group: ScoredGroup, outcome: BatchOutcome
-) -> tuple[list[tuple[int, Encoded]], list[RecordError]]:
-    encoded: list[tuple[int, Encoded]] = []
+) -> tuple[list[tuple[int, OutputMessage]], list[RecordError]]:
+    encoded: list[tuple[int, OutputMessage]] = []
     failed: list[RecordError] = []
     for index, row in enumerate(group.rows.tolist()):
         single = dataclasses.replace(
@@ -84,13 +85,13 @@ def _encode_rows_alone(
     return encoded, failed
 
 
-def encode_internal_error(record: InputRecord, err: BaseException) -> Encoded:
+def encode_internal_error(record: InputRecord, err: BaseException) -> OutputMessage:
     """The error record of a record that failed in a way no step foresaw (a defect)."""
-    error = RecordError(0, "internal_error", f"{type(err).__name__}: {err}")
+    error = RecordError(0, INTERNAL_ERROR, f"{type(err).__name__}: {err}")
     return encode_record_error(error, record)
 
 
-def encode_record_error(error: RecordError, record: InputRecord) -> Encoded:
+def encode_record_error(error: RecordError, record: InputRecord) -> OutputMessage:
     """The error record of ``record``: its reason and its input, both bounded.
 
     An error record must always be publishable, whatever the record: past
@@ -129,7 +130,7 @@ def _utf8(value: object) -> object:
     return value.encode("utf-8", "replace").decode("utf-8") if isinstance(value, str) else value
 
 
-def encode_model_event(event: ModelEvent) -> Encoded:
+def encode_model_event(event: ModelEvent) -> OutputMessage:
     document = {
         "kind": str(event.kind),
         "key": event.key,
@@ -148,7 +149,7 @@ PUBLISHED_EVENTS = frozenset((ModelEventKind.REJECTED, ModelEventKind.QUARANTINE
 
 def drain_model_events(
     core: ServingCore, on_event: Callable[[ModelEvent], None] | None
-) -> tuple[list[Encoded], int]:
+) -> tuple[list[OutputMessage], int]:
     """Takes the core's model events: the rejections encoded for the errors output, and how
     many events there were. ``on_event`` (the demo's display, say) sees every event."""
     events = core.drain_events()

@@ -41,6 +41,9 @@ Signature = tuple[int, int]  # (size, mtime_ns)
 
 
 class ModelDirectory:
+    """A watched folder of models for the embedded runtime: ``<key>/<model file>`` or
+    descriptor files; each new or changed file becomes one model message."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
         self._published: dict[Path, Signature] = {}

@@ -73,6 +73,8 @@ def _model_type(path: Path, declared: str | None) -> int:
 
 
 class Publisher:
+    """Publishes model messages and data records to Kafka (``publish-model``, ``publish-data``)."""
+
     def __init__(self, bootstrap_servers: str, settings: Mapping[str, str | int | bool]) -> None:
         kafka = confluent_kafka_module()
         self._producer = kafka.Producer(

@@ -1,4 +1,4 @@
-"""Sources and sinks of the local runtime: in memory, files and the standard streams.
+"""Sources and sinks of the embedded runtime: in memory, files and the standard streams.
 
 A source delivers records in order through :meth:`poll`; it is ``exhausted`` once closed and
 empty. File sources read on a thread of their own, so the runtime never blocks on input.
@@ -13,15 +13,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from typing import BinaryIO, Protocol
+from contextlib import AbstractContextManager, contextmanager
+from typing import BinaryIO, Protocol, cast
 
 from streamserve.codecs.base import InputRecord
-from streamserve.errors import InfrastructureError
-from streamserve.runtime.encoding import Encoded
+from streamserve.errors import ConfigurationError, InfrastructureError
+from streamserve.runtime.encoding import OutputMessage
 from streamserve.runtime.model_directory import ModelMessage
 
 
 class Source(Protocol):
+    """Records in order, for the embedded runtime: in memory, a file, stdin."""
+
     def poll(self, max_records: int, timeout_s: float) -> list[InputRecord]:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
         ...
@@ -31,7 +34,9 @@ class Source(Protocol):
 
 
 class Sink(Protocol):
-    def write(self, messages: Sequence[Encoded]) -> None: ...
+    """Where the embedded runtime writes results or errors, one message per record."""
+
+    def write(self, messages: Sequence[OutputMessage]) -> None: ...
 
     def flush(self) -> None: ...
 
@@ -206,9 +211,9 @@ class MemorySink:
     """Keeps every message (tests, the demo)."""
 
     def __init__(self) -> None:
-        self.messages: list[Encoded] = []
+        self.messages: list[OutputMessage] = []
 
-    def write(self, messages: Sequence[Encoded]) -> None:
+    def write(self, messages: Sequence[OutputMessage]) -> None:
         self.messages.extend(messages)
 
     def flush(self) -> None:
@@ -221,7 +226,7 @@ class CountingSink:
     def __init__(self) -> None:
         self.count = 0
 
-    def write(self, messages: Sequence[Encoded]) -> None:
+    def write(self, messages: Sequence[OutputMessage]) -> None:
         self.count += len(messages)
 
     def flush(self) -> None:
@@ -234,7 +239,7 @@ class LineSink:
     def __init__(self, stream: BinaryIO) -> None:
         self._stream = stream
 
-    def write(self, messages: Sequence[Encoded]) -> None:
+    def write(self, messages: Sequence[OutputMessage]) -> None:
         if messages:
             self._stream.write(b"".join(value + b"\n" for _, value in messages))
 
@@ -258,3 +263,26 @@ class ModelQueue:
             messages = list(self._messages)
             self._messages.clear()
             return messages
+
+
+def open_input(name: str, default: BinaryIO) -> AbstractContextManager[BinaryIO]:
+    """The data file ``name`` opened for reading, or ``default`` (stdin) for ``-``."""
+    return _opened(name, default, "rb", "data file")
+
+
+def open_output(name: str, default: BinaryIO) -> AbstractContextManager[BinaryIO]:
+    """The file ``name`` opened for appending, or ``default`` (stdout, stderr) for ``-``."""
+    return _opened(name, default, "ab", "output file")
+
+
+@contextmanager
+def _opened(name: str, default: BinaryIO, mode: str, what: str) -> Iterator[BinaryIO]:
+    if name == "-":
+        yield default
+        return
+    try:
+        stream = open(name, mode)  # noqa: SIM115 - closed below, after the caller is done
+    except OSError as err:
+        raise ConfigurationError(f"cannot open {what} {name}: {err}") from err
+    with stream:
+        yield cast(BinaryIO, stream)

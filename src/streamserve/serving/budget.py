@@ -19,6 +19,9 @@ if TYPE_CHECKING:
 
 
 class LiveModels:
+    """The budget of live model instances (``max_live_models``): least recently used first
+    out. An evicted model keeps its slot and statistics and is made again on its next use."""
+
     def __init__(self, max_live: int | None = None) -> None:
         self.max_live = max_live
         self._lock = threading.Lock()

@@ -11,7 +11,6 @@ import itertools
 import threading
 from bisect import bisect_left
 from collections import Counter, deque
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ from streamserve.serving.budget import LiveModels
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.loader import LoadJob, ModelLoader
 from streamserve.serving.outcome import BatchOutcome, RecordError
+from streamserve.serving.routing import KeyRouter, routed_batch
 from streamserve.serving.scoring import ModelScoring
 from streamserve.serving.slot import ModelSlot, Rejection, ServedModel
 from streamserve.settings import ServingSettings
@@ -50,8 +50,15 @@ class ServingCore:
     models.
     """
 
-    def __init__(self, settings: ServingSettings, registry: FactoryRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServingSettings,
+        registry: FactoryRegistry | None = None,
+        *,
+        router: KeyRouter | None = None,
+    ) -> None:
         self._settings = settings
+        self._router = router
         self._registry = registry or FactoryRegistry(
             FactoryContext(
                 threads_per_model=settings.threads_per_model,
@@ -227,20 +234,22 @@ class ServingCore:
     def score(self, batch: DecodedBatch, *, observe: bool = True) -> BatchOutcome:
         """Scores a decoded batch: one result or one error for every record, none lost.
 
-        ``observe``: whether the records are the key's stream records, whose columns and rows
-        validate its next models (V2 requests are not: they may be shaped otherwise).
+        ``observe``: whether the records are stream records: their columns and rows validate
+        their key's next models, and the router (if any) routes them. V2 requests are not: they
+        name the model they want and may be shaped otherwise.
         Nothing a model or a record does makes this raise: it becomes error records.
         """
         _check_shape(batch)
         outcome = BatchOutcome(batch.records)
         for row, error in batch.errors.items():
             outcome.errors.append(RecordError(row, error.kind, str(error)))
+        if observe and self._router is not None:
+            batch = routed_batch(self._router, batch, outcome)
         with_gaps = _keys_with_gaps(batch)
-        for key, rows in _group_rows(batch.keys).items():
+        for key, rows in batch.rows_by_key().items():
+            complete = key not in with_gaps
             try:
-                self._score_key(
-                    key, rows, batch, outcome, complete=key not in with_gaps, observe=observe
-                )
+                self._score_key(key, rows, batch, outcome, complete=complete, observe=observe)
             except Exception as err:  # noqa: BLE001 - a defect must fail this key's rows only
                 outcome.drop_rows(rows)
                 reason = f"scoring the records of key {key!r} failed: {type(err).__name__}: {err}"
@@ -351,11 +360,3 @@ def _keys_with_gaps(batch: DecodedBatch) -> set[str | None]:
     if not lacking.any():
         return set()
     return {batch.keys[row] for row in np.flatnonzero(lacking).tolist()}
-
-
-def _group_rows(keys: Sequence[str | None]) -> dict[str, npt.NDArray[np.intp]]:
-    groups: dict[str, list[int]] = {}
-    for row, key in enumerate(keys):
-        if key is not None:
-            groups.setdefault(key, []).append(row)
-    return {key: np.asarray(rows, dtype=np.intp) for key, rows in groups.items()}

@@ -152,7 +152,9 @@ class ModelLoader:
     def _run(self, job: LoadJob) -> None:
         try:
             self._load_and_stage(job)
-        except Exception:  # a loader thread must outlive any load; _load_and_stage rejects
+        # a loader thread must outlive any load (plug-in code calling sys.exit() included);
+        # _load_and_stage rejects
+        except (Exception, SystemExit):
             log.exception("loading model %r failed unexpectedly", job.descriptor.name)
         finally:
             self._finish(job)
@@ -230,6 +232,10 @@ class ModelLoader:
             model = factory.load(request)
         except RejectedInput:
             raise
+        except SystemExit as err:  # a library calling sys.exit() rejects this model, not all
+            raise ModelLoadError(
+                f"{factory.format_name} factory raised SystemExit({err.code!r})"
+            ) from err
         except Exception as err:
             raise ModelLoadError(f"{factory.format_name} factory failed: {err}") from err
         if not isinstance(model, Model) or not isinstance(model.inputs, InputSpec):
@@ -325,7 +331,7 @@ def validate(model: Model, slot: ModelSlot | None, descriptor: ModelDescriptor) 
             probe = schema.sample[:, mapping.columns]
     try:
         output = model.score_batch(probe)
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # sys.exit() in a model library rejects the model
         raise ModelValidationError(
             f"model {name!r} raised scoring a probe batch of {len(probe)} rows: {err}"
         ) from err

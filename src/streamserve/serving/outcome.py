@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,9 @@ class RecordError:
 
 @dataclass
 class BatchOutcome:
+    """What scoring a batch produced: scored groups and record errors, together exactly one
+    outcome per record of ``records`` (rows index them)."""
+
     records: Sequence[InputRecord]
     groups: list[ScoredGroup] = field(default_factory=list)
     errors: list[RecordError] = field(default_factory=list)
@@ -73,3 +77,34 @@ class BatchOutcome:
         for group in self.groups:
             for row, value in zip(group.rows.tolist(), group.values.tolist(), strict=True):
                 yield row, group, value
+
+    def only(self, row: int) -> BatchOutcome:
+        """The outcome of record ``row`` alone, as a batch of that one record."""
+        alone = BatchOutcome([self.records[row]])
+        for group in self.groups:
+            at = np.flatnonzero(group.rows == row)
+            if len(at):
+                alone.groups.append(
+                    dataclasses.replace(
+                        group, rows=np.zeros(1, dtype=np.intp), values=group.values[at]
+                    )
+                )
+        alone.errors = [dataclasses.replace(e, row=0) for e in self.errors if e.row == row]
+        return alone
+
+    @classmethod
+    def concatenate(
+        cls, records: Sequence[InputRecord], outcomes: Sequence[BatchOutcome]
+    ) -> BatchOutcome:
+        """One outcome of ``records`` from the outcomes of consecutive parts of it."""
+        joined = cls(records)
+        offset = 0
+        for part in outcomes:
+            joined.groups.extend(
+                dataclasses.replace(group, rows=group.rows + offset) for group in part.groups
+            )
+            joined.errors.extend(
+                dataclasses.replace(error, row=error.row + offset) for error in part.errors
+            )
+            offset += len(part.records)
+        return joined

@@ -166,7 +166,9 @@ class ModelScoring:
             with served.instance() as model:
                 try:
                     checked = self._checked(model.score_batch(features), len(rows), served)
-                except Exception:  # noqa: BLE001 - isolate the failing records, one by one
+                # SystemExit too: a model library that calls sys.exit() fails records, not the
+                # process (KeyboardInterrupt still stops it)
+                except (Exception, SystemExit):  # noqa: BLE001 - isolate the failing records
                     rows, scored, model_failures = self._score_one_by_one(
                         rows, features, key, served, model, outcome
                     )
@@ -243,7 +245,7 @@ class ModelScoring:
                 checked = self._checked(
                     model.score_batch(features[position : position + 1]), 1, served
                 )
-            except Exception as err:  # noqa: BLE001 - any model failure is this record's error
+            except (Exception, SystemExit) as err:  # noqa: BLE001 - sys.exit() in a model too
                 reason = f"model {served.identity.name!r} failed to score the record: {err}"
                 self._fail(outcome, np.array([row]), ScoringError(reason), key, served)
                 raised += 1

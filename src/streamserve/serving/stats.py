@@ -52,7 +52,8 @@ class ServingInfoSnapshot:
 
 
 class ModelServingInfo:
-    """Statistics of one served model. Written by the scoring thread, read by anyone."""
+    """Statistics of one served model. Written by whichever threads score with it (the runtime's,
+    the HTTP API's), read by anyone; every access holds its lock."""
 
     def __init__(self, name: str, description: str, version: str, model_type: str) -> None:
         self._lock = threading.Lock()

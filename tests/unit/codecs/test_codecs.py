@@ -7,10 +7,10 @@ import orjson
 import pytest
 
 from streamserve.codecs.base import DecodedRecords, InputRecord, KeyRule, batch_from_rows
-from streamserve.codecs.build import build_codec
 from streamserve.codecs.csv import CsvCodec, wine_csv_codec
 from streamserve.codecs.json import JsonCodec
 from streamserve.codecs.protobuf import WINE_FEATURES, WineRecordCodec, encode_wine_record
+from streamserve.codecs.registry import build_codec
 from streamserve.errors import ConfigurationError
 from streamserve.settings import CodecSettings
 
@@ -152,3 +152,11 @@ def test_a_row_of_the_wrong_width_fails_its_record_alone_and_shifts_no_other_row
     np.testing.assert_array_equal(batch.values[0], [1.0, 2.0])
     np.testing.assert_array_equal(batch.values[3], [7.0, 8.0])
     assert np.isnan(batch.values[1:3]).all()
+
+
+def test_a_record_carries_its_topic_and_headers_and_defaults_to_none() -> None:
+    bare = InputRecord(b"{}")
+    assert (bare.key, bare.position, bare.topic, bare.headers) == (None, "", "", ())
+    kafka = InputRecord(b"{}", b"k", "data:0:7", "data", (("schema-id", b"\x01"), ("trace", None)))
+    assert kafka.topic == "data"
+    assert dict(kafka.headers) == {"schema-id": b"\x01", "trace": None}

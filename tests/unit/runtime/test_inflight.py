@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streamserve.runtime.inflight import DeliveryError, InFlightBatches, PendingBatch
+from streamserve.errors import DeliveryError
+from streamserve.runtime.kafka.commits import InFlightBatches, PendingBatch
 
 
 class Message:

@@ -9,7 +9,7 @@ import pytest
 from streamserve.codecs.base import InputRecord
 from streamserve.codecs.json import JsonCodec
 from streamserve.errors import InfrastructureError
-from streamserve.runtime.local import LocalRuntime
+from streamserve.runtime.embedded import EmbeddedRuntime
 from streamserve.runtime.streams import (
     LineSink,
     MemorySink,
@@ -66,8 +66,8 @@ def test_line_sink_writes_values_one_per_line() -> None:
     assert buffer.getvalue() == b"{}\n[]\n"
 
 
-def _runtime(source: MemorySource, results: MemorySink, batch: BatchSettings) -> LocalRuntime:
-    return LocalRuntime(
+def _runtime(source: MemorySource, results: MemorySink, batch: BatchSettings) -> EmbeddedRuntime:
+    return EmbeddedRuntime(
         ServingCore(ServingSettings()), JsonCodec(), source, results, MemorySink(), batch
     )
 

@@ -1,4 +1,4 @@
-"""In-memory pieces for tests of streamserve and of code built on it.
+"""In-memory pieces for tests: serving records without a broker, and models made to order.
 
 * :func:`serve_records` runs the embedded runtime over records in memory and returns the decoded
   result and error documents.
@@ -28,7 +28,8 @@ from streamserve.formats.base import (
     Model,
     ModelFactory,
 )
-from streamserve.runtime.local import LocalRuntime, RunSummary
+from streamserve.runtime.base import RunSummary
+from streamserve.runtime.embedded import EmbeddedRuntime
 from streamserve.runtime.streams import MemorySink, MemorySource, ModelQueue
 from streamserve.serving.core import ServingCore
 from streamserve.settings import BatchSettings
@@ -62,7 +63,7 @@ def serve_records(
     for model in models:
         queue.publish(encode_descriptor(model) if isinstance(model, ModelDescriptor) else model)
     results, errors = MemorySink(), MemorySink()
-    runtime = LocalRuntime(
+    runtime = EmbeddedRuntime(
         core,
         codec,
         MemorySource(records, closed=True),

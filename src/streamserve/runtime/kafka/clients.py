@@ -1,0 +1,147 @@
+"""The librdkafka clients of a replica, made from its settings, with their logs tamed."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from streamserve.errors import InfrastructureError
+from streamserve.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, KafkaError, Message, Producer
+
+log = logging.getLogger("streamserve.runtime.kafka")
+
+ERROR_LOG_INTERVAL_S = 5.0
+MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # model messages carry whole models
+
+# The data consumer's defaults (settings.consumer overrides them). librdkafka stops fetching a
+# partition while its local queue holds queued.min.messages and looks again only after
+# fetch.queue.backoff.ms (1 s by default): at 100k+ small records a second the queue drains long
+# before that, and the serving loop would wait for records the broker has.
+DATA_CONSUMER_DEFAULTS: dict[str, str | int | bool] = {"fetch.queue.backoff.ms": 10}
+
+
+def confluent_kafka_module() -> ModuleType:
+    """confluent_kafka, imported when a Kafka runtime or publisher is made (an optional extra)."""
+    try:
+        import confluent_kafka
+    except ImportError as err:
+        raise InfrastructureError(
+            "confluent-kafka is not installed: pip install 'streamserve[kafka]'"
+        ) from err
+    return confluent_kafka
+
+
+class ClientLog:
+    """librdkafka's log lines in Python logging, at most one per facility every few seconds.
+
+    While a broker is down, librdkafka logs every failed connection attempt of every client,
+    many a second; the first of each kind says enough, with a count of those left out.
+    """
+
+    def __init__(self, interval_s: float = ERROR_LOG_INTERVAL_S) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._left_out: dict[str, int] = {}
+        self._log = logging.getLogger("streamserve.runtime.kafka.client")
+
+    def log(self, level: int, fmt: str, facility: str, client: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._last.get(facility, -self._interval_s) < self._interval_s:
+            self._left_out[facility] = self._left_out.get(facility, 0) + 1
+            return
+        self._last[facility] = now
+        left_out = self._left_out.pop(facility, 0)
+        suffix = f" ({left_out} similar lines left out)" if left_out else ""
+        self._log.log(level, "%s [%s] %s%s", facility, client, text, suffix)
+
+
+class KafkaClients:
+    """A replica's clients: the data consumer (in the group), the models reader (assigned every
+    partition of the models topic), the producer, and with ``exactly_once`` a transactional
+    producer. Settings librdkafka refuses stop the replica here, saying which and why."""
+
+    def __init__(self, settings: KafkaSettings, **callbacks: Any) -> None:
+        self.kafka = confluent_kafka_module()
+        self._settings = settings
+        self._last_error_log = 0.0
+        self._common: dict[str, Any] = {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "error_cb": self._on_error,
+            "logger": ClientLog(),
+        }
+        self.producer: Producer = self._producer({"linger.ms": 2})
+        self.data: Consumer = self._consumer(
+            {
+                "group.id": settings.group_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                **callbacks,
+                **DATA_CONSUMER_DEFAULTS,
+            }
+        )
+        self.models: Consumer = self._consumer(
+            {
+                "group.id": f"{settings.group_id}-models-reader",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "fetch.message.max.bytes": MAX_MESSAGE_BYTES,
+            }
+        )
+        self.transactional: Producer | None = None
+        if settings.exactly_once:
+            transactional_id = settings.transactional_id or (
+                f"{settings.group_id}-{socket.gethostname()}-{os.getpid()}"
+            )
+            self.transactional = self._producer({"transactional.id": transactional_id})
+
+    def _producer(self, config: dict[str, Any]) -> Producer:
+        merged = {
+            **self._common,
+            "message.max.bytes": MAX_MESSAGE_BYTES,
+            **config,
+            **self._settings.producer,
+        }
+        producer: Producer = self._made("producer", merged)
+        return producer
+
+    def _consumer(self, config: dict[str, Any]) -> Consumer:
+        merged = {**self._common, **config, **self._settings.consumer}
+        consumer: Consumer = self._made("consumer", merged)
+        return consumer
+
+    def _made(self, role: str, config: dict[str, Any]) -> Any:
+        make = self.kafka.Producer if role == "producer" else self.kafka.Consumer
+        try:
+            return make(config)
+        except self.kafka.KafkaException as err:
+            raise InfrastructureError(
+                f"the Kafka {role} refused its settings (kafka.{role} in the configuration): "
+                f"{err.args[0].str()}"
+            ) from err
+
+    def _on_error(self, error: KafkaError) -> None:
+        """librdkafka's client-level errors: it reconnects by itself, with backoff; say so."""
+        if error.fatal():
+            log.error("Kafka client failed for good: %s", error)
+            return
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:
+            self._last_error_log = now
+            log.warning(
+                "Kafka at %s: %s (reconnecting with backoff)",
+                self._settings.bootstrap_servers,
+                error,
+            )
+
+
+def is_partition_end(kafka: ModuleType, message: Message) -> bool:
+    """Whether ``message`` is the end-of-partition event, not a record."""
+    error = message.error()
+    return error is not None and error.code() == kafka.KafkaError._PARTITION_EOF

@@ -1,0 +1,190 @@
+"""The models topic, read in full by every replica.
+
+The topic (compacted, keyed by data type) is read with ``assign`` from the beginning, so any
+replica can serve any key: at startup up to its end (the latest model of each key is loaded
+before the first record is scored), then followed between batches. A tombstone unloads its key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from streamserve.errors import InfrastructureError
+from streamserve.runtime.kafka.clients import is_partition_end
+from streamserve.serving.core import ServingCore
+from streamserve.settings import KafkaSettings
+
+if TYPE_CHECKING:
+    from confluent_kafka import Consumer, Message
+
+log = logging.getLogger("streamserve.runtime.kafka")
+
+METADATA_TIMEOUT_S = 30.0
+MAX_BACKOFF_S = 10.0
+# Model messages submitted and not yet loaded, at most: the loader's queue holds their bytes (a
+# models topic of 10,000 models read at once would hold all of them). Enough to keep the
+# loader's threads busy: submitting is much faster than loading.
+MAX_LOADS_PENDING = 32
+LOADER_WAIT_S = 0.01  # one wait for the loader while its queue is full
+MODELS_WAIT_S = 0.2  # one wait for model messages during the catch-up
+
+
+class CatchUpWatch:
+    """How long the models catch-up has gone without progress: a model message read or a
+    model load finished. Past ``catch_up_timeout_s``, :meth:`check` stops the replica."""
+
+    def __init__(
+        self, core: ServingCore, settings: KafkaSettings, stopping: threading.Event
+    ) -> None:
+        self._core = core
+        self._settings = settings
+        self.stopping = stopping  # a stop request ends the catch-up early
+        self.submitted = 0  # models submitted for loading by the catch-up
+        self._finished = 0
+        self._progressed_at = time.monotonic()
+
+    def check(self, read: int) -> None:
+        """Notes ``read`` messages and the loads finished since the last check; raises
+        :class:`InfrastructureError` once nothing moved for ``catch_up_timeout_s``."""
+        now = time.monotonic()
+        pending = self._core.loads_pending
+        finished = self.submitted - pending
+        if read or finished > self._finished:
+            self._finished = finished
+            self._progressed_at = now
+        limit_s = self._settings.catch_up_timeout_s
+        if now - self._progressed_at <= limit_s:
+            return
+        topic = self._settings.models_topic
+        if pending:
+            raise InfrastructureError(
+                f"{pending} models of the models topic {topic!r} were still loading after "
+                f"{limit_s:.0f} s without one finishing (kafka.catch_up_timeout_s); stopping "
+                "before scoring any record with models missing"
+            )
+        raise InfrastructureError(
+            f"the models topic {topic!r} was not read to its end: nothing arrived for "
+            f"{limit_s:.0f} s (kafka.catch_up_timeout_s)"
+        )
+
+
+class ModelsTopicReader:
+    """Submits the models topic's messages to the core, in order, never more than
+    ``MAX_LOADS_PENDING`` at once."""
+
+    def __init__(
+        self, kafka: ModuleType, core: ServingCore, settings: KafkaSettings, reader: Consumer
+    ) -> None:
+        self._kafka = kafka
+        self._core = core
+        self._settings = settings
+        self._reader = reader
+
+    def catch_up(self, stopping: threading.Event) -> int:
+        """Reads the models topic to its end, submitting every model in order, and waits until
+        each one is loaded or rejected; how many were submitted. No record is scored before:
+        records of a key whose model is still loading would get ``no_model`` errors, or an
+        older model's scores.
+
+        Every message, not only the latest per key: if a key's latest model is bad, a restarted
+        replica must keep the good one before it, exactly as a running replica does.
+
+        ``catch_up_timeout_s`` bounds the time *without progress* (no model message read, no
+        load finished), not the whole catch-up: a topic of thousands of slow models takes as long
+        as it needs while it moves, and a broker gone quiet or a load that hangs stops the replica
+        with an :class:`InfrastructureError` saying what it waited for, rather than serve with
+        models missing. At most ``MAX_LOADS_PENDING`` models wait in the loader's queue at once,
+        so it holds the bytes of that many models, not of the whole topic.
+        """
+        partitions = self._assign(stopping)
+        watch = CatchUpWatch(self._core, self._settings, stopping)
+        at_end: set[int] = set()
+        while len(at_end) < partitions and not stopping.is_set():
+            room = self._wait_for_loader(MAX_LOADS_PENDING - 1, watch)
+            messages = self._reader.consume(room, MODELS_WAIT_S)
+            watch.check(read=len(messages))
+            for message in messages:
+                if is_partition_end(self._kafka, message):
+                    at_end.add(message.partition() or 0)
+                elif message.error() is None:
+                    watch.submitted += self._submit(message)
+        self._wait_for_loader(0, watch)
+        return watch.submitted
+
+    def follow(self) -> None:
+        """Submits the model messages that arrived, never more than the loader's queue has room
+        for: the rest wait on the broker, and serving never waits."""
+        room = MAX_LOADS_PENDING - self._core.loads_pending
+        if room <= 0:
+            return
+        for message in self._reader.consume(room, 0):
+            if message.error() is None:
+                self._submit(message)
+
+    def _wait_for_loader(self, max_pending: int, watch: CatchUpWatch) -> int:
+        """Waits while more than ``max_pending`` models are loading; how many more may be
+        submitted now (at least 1)."""
+        while self._core.loads_pending > max_pending and not watch.stopping.is_set():
+            self._core.wait_for_models(LOADER_WAIT_S)  # returns early once the loader is idle
+            watch.check(read=0)
+        return max(MAX_LOADS_PENDING - self._core.loads_pending, 1)
+
+    def _partitions(self, stopping: threading.Event) -> list[int]:
+        """The models topic's partitions, retried with backoff until the catch-up limit.
+
+        The broker may be down or the topic not created yet: both are waited for, saying so.
+        """
+        topic = self._settings.models_topic
+        deadline = time.monotonic() + self._settings.catch_up_timeout_s
+        backoff_s = 0.5
+        while True:
+            try:
+                timeout_s = min(METADATA_TIMEOUT_S, backoff_s * 4)
+                described = self._reader.list_topics(topic, timeout=timeout_s).topics.get(topic)
+                if described is not None and described.error is None and described.partitions:
+                    return sorted(described.partitions)
+                problem = f"the models topic {topic!r} does not exist yet"
+            except self._kafka.KafkaException as err:
+                problem = f"Kafka at {self._settings.bootstrap_servers} is not answering ({err})"
+            if stopping.is_set() or time.monotonic() + backoff_s > deadline:
+                raise InfrastructureError(
+                    f"{problem}; gave up after {self._settings.catch_up_timeout_s:.0f} s"
+                )
+            log.warning("%s; retrying in %.1f s", problem, backoff_s)
+            stopping.wait(backoff_s)
+            backoff_s = min(backoff_s * 2, MAX_BACKOFF_S)
+
+    def _assign(self, stopping: threading.Event) -> int:
+        kafka = self._kafka
+        topic = self._settings.models_topic
+        partitions = self._partitions(stopping)
+        self._reader.assign(
+            [kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in partitions]
+        )
+        return len(partitions)
+
+    def _submit(self, message: Message) -> int:
+        """Hands a model message to the core: how many models it submitted for loading."""
+        origin = position_of(message)
+        payload = message.value()
+        if payload is not None:
+            return int(self._core.submit_model_message(payload, origin) is not None)
+        # A tombstone deletes its key's model from the compacted topic: unload the key too.
+        key = message.key()
+        if key is None:
+            log.warning("ignored a tombstone without a key at %s", origin)
+            return 0
+        self._core.unload(key.decode("utf-8", "replace"), origin)
+        return 0
+
+    def close(self) -> None:
+        self._reader.close()
+
+
+def position_of(message: Message) -> str:
+    """Where a message is: ``topic/partition@offset``."""
+    return f"{message.topic()}/{message.partition()}@{message.offset()}"

@@ -1,0 +1,399 @@
+"""Apache Kafka itself as the test broker: one KRaft node (broker and controller) on loopback.
+
+The reference broker that Kafka behaviour is asserted against: transactions with a real
+``read_committed``, log compaction, correct watermarks, the KIP-848 consumer protocol, logs that
+survive a SIGKILL. tansu (``kafka_broker``) is the fast one with quirks; ``ApacheKafka`` offers
+the same helpers as its ``Broker``, so a test switches brokers by swapping the fixture.
+
+The jars come from Maven Central through ``kafka-broker/pom.xml``: ``scripts/kafka-broker.sh``
+resolves them once into a cache folder (the install step, which needs Java 17 and Maven); the
+fixture runs it, so a fresh clone resolves them on its first broker start.
+
+A session-scoped broker in a conftest, with names unique to each test::
+
+    @pytest.fixture(scope="session")
+    def apache_kafka() -> Iterator[ApacheKafka]:
+        with running_apache_kafka() as broker:
+            yield broker
+
+    @pytest.fixture
+    def topic(request: pytest.FixtureRequest) -> str:
+        return unique_name(request.node.name)
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from kafka_broker import Broker, free_port
+
+KAFKA_VERSION = "4.4.0"
+_REPO = Path(__file__).resolve().parents[1]
+_RESOLVE_SCRIPT = _REPO / "scripts" / "kafka-broker.sh"
+_LOG_CONFIG = _REPO / "kafka-broker" / "log4j2.xml"
+
+# A test broker's JVM: a small heap with the serial collector (one young and one old space
+# instead of G1's regions and threads) and the C1 compiler only: startup and RSS measured in
+# kafka-broker/README.md. Kafka's own scripts use -Xmx1G -XX:+UseG1GC, for production.
+TEST_JVM_OPTIONS: tuple[str, ...] = (
+    "-Xms32m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-Xss512k",
+    "-Djava.awt.headless=true",
+)
+
+# The usual single-node settings: internal topics with one replica, no wait before the first
+# rebalance. Topics are not created by producing or fetching, as on most production clusters:
+# a test creates its topics, and a client that names a missing topic fails as it would there.
+TEST_BROKER_PROPERTIES: dict[str, str] = {
+    "offsets.topic.replication.factor": "1",
+    "transaction.state.log.replication.factor": "1",
+    "transaction.state.log.min.isr": "1",
+    "share.coordinator.state.topic.replication.factor": "1",
+    "share.coordinator.state.topic.min.isr": "1",
+    "group.initial.rebalance.delay.ms": "0",
+    "auto.create.topics.enable": "false",
+    # The log cleaner allocates this on the heap at startup, 128 MiB by default: 8 MiB still
+    # compacts ~300k keys per pass, and halves the broker's RSS.
+    "log.cleaner.dedupe.buffer.size": str(8 * 2**20),
+}
+
+
+class BrokerStartError(RuntimeError):
+    """Apache Kafka could not be resolved, formatted or started; the message quotes its log."""
+
+
+def kafka_libs() -> Path:
+    """The folder of Kafka's jars, from scripts/kafka-broker.sh (Maven once, then a stamp check)."""
+    result = subprocess.run(
+        ["bash", str(_RESOLVE_SCRIPT)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise BrokerStartError(
+            f"{_RESOLVE_SCRIPT.name} could not resolve Apache Kafka's jars: {result.stderr.strip()}"
+        )
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def unique_name(prefix: str) -> str:
+    """A topic or group name unique to this call, from any text (a test's node name, say)."""
+    legal = re.sub(r"[^A-Za-z0-9._-]+", "-", prefix).strip("-")[:80] or "t"
+    return f"{legal}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class ApacheKafka(Broker):
+    """A single-node Apache Kafka in KRaft mode, its data in ``workdir``.
+
+    Beside tansu's helpers (``bootstrap``, ``create_topics``, ``produce``, ``read_all``,
+    ``paused``), broker faults: ``kill()`` (SIGKILL), ``restart()`` on the same ports and log
+    dir, and the process's ``rss_bytes()``. ``server.log`` in ``workdir`` is its log.
+    """
+
+    workdir: Path = Path()
+    libs: Path = Path()
+    jvm_options: tuple[str, ...] = TEST_JVM_OPTIONS
+    class_sharing: bool = True
+    start_timeout_s: float = 60.0
+    archive_dump: Path | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> None:
+        """Start the broker process and wait until it answers a metadata request."""
+        assert not self.running, "the broker is already running"
+        self.process = _launch(self)
+        _wait_until_ready(self, self.start_timeout_s)
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM (a controlled shutdown); SIGKILL if it has not exited within ``timeout_s``."""
+        if self.running:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self._reap()
+
+    def kill(self) -> None:
+        """SIGKILL: the broker dies at once, its unflushed log is recovered on the next start."""
+        if self.running:
+            self.process.kill()
+        self._reap()
+
+    def _reap(self) -> None:
+        if self.process is not None:
+            self.process.wait(timeout=30)
+            _keep_class_archive(self)
+
+    def restart(self) -> None:
+        """Stop the broker if it runs, then start it again on the same ports and log dir."""
+        self.stop()
+        self.start()
+
+    def rss_bytes(self) -> int:
+        """The broker process's resident set size, from /proc."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        kilobytes = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
+        assert kilobytes is not None, "the broker process has no RSS: is it running?"
+        return int(kilobytes.group(1)) * 1024
+
+    def create_topics(
+        self, *names: str, partitions: int = 4, config: Mapping[str, str] | None = None
+    ) -> None:
+        """Create ``names`` and wait until every partition of each has a leader."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        topics = [NewTopic(n, partitions, 1, config=dict(config or {})) for n in names]
+        for future in admin.create_topics(topics, operation_timeout=30).values():
+            future.result(30)
+        _wait_for_leaders(admin, names, timeout_s=30)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` of the broker's log and of its console, for error messages."""
+        tails = []
+        for name in ("server.log", "console.log"):
+            path = self.workdir / name
+            text = path.read_text(errors="replace") if path.exists() else ""
+            tails.append(f"--- {name} ---\n" + "\n".join(text.splitlines()[-lines:]))
+        return "\n".join(tails)
+
+
+@contextmanager
+def running_apache_kafka(
+    properties: Mapping[str, str] | None = None,
+    *,
+    jvm_options: Sequence[str] = TEST_JVM_OPTIONS,
+    class_sharing: bool = True,
+    workdir: Path | None = None,
+    start_timeout_s: float = 60.0,
+) -> Iterator[ApacheKafka]:
+    """A freshly formatted broker on free 127.0.0.1 ports, stopped on exit, however it exits.
+
+    ``properties`` are added to (or override) ``TEST_BROKER_PROPERTIES``: e.g.
+    ``{"log.cleaner.backoff.ms": "100", "log.segment.bytes": "65536"}`` for compaction tests.
+    The log dir is a temporary folder removed on exit, unless ``workdir`` is given.
+    ``class_sharing`` maps the broker's classes from an AppCDS archive (see ``_class_archive``).
+    """
+    libs = kafka_libs()
+    with _folder(workdir) as folder:
+        broker_port, controller_port = free_port(), free_port()
+        broker = ApacheKafka(
+            f"127.0.0.1:{broker_port}",
+            workdir=folder,
+            libs=libs,
+            jvm_options=tuple(jvm_options),
+            class_sharing=class_sharing,
+            start_timeout_s=start_timeout_s,
+        )
+        settings = {**TEST_BROKER_PROPERTIES, **(properties or {})}
+        _write_properties(folder, broker_port, controller_port, settings)
+        _format_storage(broker)
+        try:
+            broker.start()
+            yield broker
+        finally:
+            broker.stop()
+
+
+@contextmanager
+def _folder(workdir: Path | None) -> Iterator[Path]:
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        yield workdir
+        return
+    with tempfile.TemporaryDirectory(prefix="apache-kafka-", ignore_cleanup_errors=True) as name:
+        yield Path(name)
+
+
+def _write_properties(
+    folder: Path, broker_port: int, controller_port: int, settings: Mapping[str, str]
+) -> None:
+    node = {
+        "process.roles": "broker,controller",
+        "node.id": "1",
+        "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
+        "listeners": (
+            f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"
+        ),
+        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker_port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(folder / "data"),
+    }
+    lines = [f"{key}={value}" for key, value in {**node, **settings}.items()]
+    (folder / "server.properties").write_text("\n".join(lines) + "\n")
+
+
+def _java(broker: ApacheKafka, main_class: str, *arguments: str) -> list[str]:
+    return [
+        "java",
+        *broker.jvm_options,
+        *_class_sharing_options(broker, main_class),
+        f"-Dkafka.logs.dir={broker.workdir}",
+        f"-Dlog4j2.configurationFile={_LOG_CONFIG}",
+        "-cp",
+        f"{broker.libs}/*",
+        main_class,
+        *arguments,
+    ]
+
+
+def _format_storage(broker: ApacheKafka) -> None:
+    """Format the log dir as a new cluster whose only controller is this node (--standalone)."""
+    config = str(broker.workdir / "server.properties")
+    command = _java(broker, "kafka.tools.StorageTool", "format", "-t", _cluster_id())
+    result = subprocess.run(
+        [*command, "-c", config, "--standalone"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise BrokerStartError(
+            f"Kafka's storage tool could not format {broker.workdir} "
+            f"(exit {result.returncode}): {result.stdout}{result.stderr}"
+        )
+
+
+def _class_archive(libs: Path) -> Path:
+    """The broker's classes as this JDK's AppCDS archive, beside the jars it was made from.
+
+    Mapping it instead of loading ~7,000 classes from jars cuts startup by ~40%. The first
+    broker that finds none dumps one as it stops (-XX:ArchiveClassesAtExit, ~2.5 s, once per
+    machine and JDK); re-resolving the jars removes it with them; a JVM that finds it stale
+    says so in console.log and loads the classes from the jars.
+    """
+    java = Path(shutil.which("java") or "java").resolve()
+    stat = java.stat()
+    key = hashlib.sha256(f"{java}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    return libs / f".classes-{key[:12]}.jsa"
+
+
+def _class_sharing_options(broker: ApacheKafka, main_class: str) -> list[str]:
+    if not broker.class_sharing:
+        return []
+    archive = _class_archive(broker.libs)
+    if archive.exists():
+        return [f"-XX:SharedArchiveFile={archive}"]
+    if main_class != "kafka.Kafka" or broker.archive_dump is not None:
+        return []
+    broker.archive_dump = archive.with_name(f"{archive.name}.{uuid.uuid4().hex}.partial")
+    return [f"-XX:ArchiveClassesAtExit={broker.archive_dump}"]
+
+
+def _keep_class_archive(broker: ApacheKafka) -> None:
+    """The archive the JVM dumped as it exited becomes the one to use, unless it was killed."""
+    dump, broker.archive_dump = broker.archive_dump, None
+    if dump is None or not dump.exists():
+        return
+    if broker.process.returncode == -signal.SIGKILL:  # perhaps cut short: never use it
+        dump.unlink()
+    else:
+        dump.replace(_class_archive(broker.libs))
+
+
+def _cluster_id() -> str:
+    """A random id as Kafka's Uuid.randomUuid() makes them: 16 bytes, URL-safe base64."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):  # Kafka avoids these: they read as command-line options
+            return text
+
+
+def _launch(broker: ApacheKafka) -> subprocess.Popen[bytes]:
+    """``java kafka.Kafka server.properties``, its console appended to ``console.log``.
+
+    In its own session, so a Ctrl-C reaches only pytest, whose fixture then stops the broker in
+    order; and killed by the kernel if the process that started it dies without cleaning up
+    (setpriv --pdeathsig: a pytest-timeout thread exit, a SIGKILL), so no JVM is left behind.
+    """
+    command = _java(broker, "kafka.Kafka", str(broker.workdir / "server.properties"))
+    if shutil.which("setpriv"):
+        command = ["setpriv", "--pdeathsig", "KILL", *command]
+    with (broker.workdir / "console.log").open("ab") as console:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def _wait_until_ready(broker: ApacheKafka, timeout_s: float) -> None:
+    """Wait until the broker answers a metadata request naming itself: the broker is unfenced."""
+    deadline = time.monotonic() + timeout_s
+    port = int(broker.bootstrap.rsplit(":", 1)[1])
+    while not _accepts(port):
+        _check_starting(broker, deadline)
+        time.sleep(0.02)
+    admin = AdminClient(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "reconnect.backoff.ms": 20,
+            "reconnect.backoff.max.ms": 200,
+        }
+    )
+    while not _metadata_names_a_broker(admin, timeout_s=1.0):
+        _check_starting(broker, deadline)
+        time.sleep(0.02)
+
+
+def _metadata_names_a_broker(admin: AdminClient, timeout_s: float) -> bool:
+    try:
+        return bool(admin.list_topics(timeout=timeout_s).brokers)
+    except KafkaException:
+        return False
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _check_starting(broker: ApacheKafka, deadline: float) -> None:
+    if not broker.running:
+        code = broker.process.returncode
+        raise BrokerStartError(f"Apache Kafka exited ({code}) while starting:\n{broker.log_tail()}")
+    if time.monotonic() > deadline:
+        raise BrokerStartError(
+            f"Apache Kafka did not answer a metadata request within {broker.start_timeout_s} s:\n"
+            f"{broker.log_tail()}"
+        )
+
+
+def _wait_for_leaders(admin: AdminClient, names: Sequence[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        if all(
+            name in topics and all(p.leader >= 0 for p in topics[name].partitions.values())
+            for name in names
+        ):
+            return
+        assert time.monotonic() < deadline, f"topics {list(names)} got no partition leaders"
+        time.sleep(0.05)
