@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # Creates .venv (Python 3.11) and installs streamserve with the extras named in $1 (e.g. "all"
-# or "all,dev"). Re-runs pip only when pyproject.toml or the extras change.
+# or "all,dev"), at the exact versions in constraints.txt (the ones CI tests; regenerate them
+# with scripts/lock.sh). Re-runs pip only when pyproject.toml, constraints.txt or the extras
+# change.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="$1"
 python_bin="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 if ! "$python_bin" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
-  echo "streamserve needs Python 3.11 (found $("$python_bin" --version 2>&1)); set PYTHON=..." >&2
+  echo "constraints.txt is resolved for Python 3.11 (found $("$python_bin" --version 2>&1)); set PYTHON=..." >&2
   exit 1
 fi
 if [ ! -x .venv/bin/python ]; then
   "$python_bin" -m venv .venv
 fi
 stamp=".venv/.streamserve-installed-$extras"
-digest="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+digest="$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e ".[$extras]"
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[$extras]"
   echo "$digest" > "$stamp"
 fi
