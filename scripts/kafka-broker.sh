@@ -34,9 +34,11 @@ resolve() {
   local partial="$libs.partial.$$"
   rm -rf "$partial"
   echo "kafka-broker.sh: resolving Apache Kafka $version with Maven into $libs" >&2
-  # Maven prints its errors on stdout: send them to stderr, stdout is the folder only.
-  mvn -q -B -f "$pom" dependency:copy-dependencies -Dstyle.color=never -DincludeScope=runtime \
-    -DoutputDirectory="$partial" >&2 || { rm -rf "$partial"; fail "Maven could not resolve $pom"; }
+  # Maven prints its errors on stdout: send them to stderr (without colour codes), as stdout is
+  # the folder only.
+  mvn -q -B -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+    -DoutputDirectory="$partial" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >&2 ||
+    { rm -rf "$partial"; fail "Maven could not resolve $pom"; }
   echo "$digest" >"$partial/.pom-sha256"
   rm -rf "$libs"
   mv "$partial" "$libs"
