@@ -16,15 +16,24 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchmarks.broker import BROKERS
 from benchmarks.common import FULL, SMOKE, Row, Sizes, WineData, wine_data
 
 SCENARIOS = ("embedded", "kafka", "swap", "many")
+KAFKA_SCENARIOS = ("kafka", "swap")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: counts, not speed")
     parser.add_argument("--only", choices=SCENARIOS, action="append", help="run these only")
+    parser.add_argument(
+        "--broker",
+        choices=BROKERS,
+        action="append",
+        help="the broker of the Kafka scenarios (repeatable): kafka (Apache Kafka, the default) "
+        "or tansu; both run side by side in one run",
+    )
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s %(message)s")
@@ -38,8 +47,13 @@ def main(argv: list[str] | None = None) -> int:
 
         mlp_onnx = wine_mlp_onnx(wine.directory / "optimized_WineQuality.pb")
         for scenario in chosen:
-            print(f"running {scenario} ...", file=sys.stderr, flush=True)
-            rows += _runner(scenario)(wine, mlp_onnx, sizes)
+            if scenario not in KAFKA_SCENARIOS:
+                print(f"running {scenario} ...", file=sys.stderr, flush=True)
+                rows += _runner(scenario)(wine, mlp_onnx, sizes)
+                continue
+            for broker in args.broker or ["kafka"]:
+                print(f"running {scenario} on {broker} ...", file=sys.stderr, flush=True)
+                rows += _kafka_runner(scenario)(wine, mlp_onnx, sizes, broker)
     report = {
         "smoke": args.smoke,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
@@ -58,17 +72,19 @@ def _runner(scenario: str) -> Callable[[WineData, bytes, Sizes], list[Row]]:
         from benchmarks import embedded
 
         return embedded.run
+    from benchmarks import many_models
+
+    return many_models.run
+
+
+def _kafka_runner(scenario: str) -> Callable[[WineData, bytes, Sizes, str], list[Row]]:
     if scenario == "kafka":
         from benchmarks import kafka
 
         return kafka.run
-    if scenario == "swap":
-        from benchmarks import swap
+    from benchmarks import swap
 
-        return swap.run
-    from benchmarks import many_models
-
-    return many_models.run
+    return swap.run
 
 
 def markdown_table(rows: list[Row]) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from benchmarks.broker import TEST_CONSUMER_SETTINGS, Broker, running_broker
+from benchmarks.broker import BenchBroker, running
 from benchmarks.common import Row, Sizes, WineData, percentiles, rate
 from streamserve.codecs.protobuf import WINE_FEATURES, WineRecordCodec, encode_wine_record
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
@@ -38,14 +38,15 @@ SCENARIO_E2E = "2 Kafka end to end"
 SCENARIO_BASELINE = "3 per-record consumer loop"
 
 
-def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
+def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes, broker_kind: str) -> list[Row]:
     frozen = (wine.directory / "optimized_WineQuality.pb").read_bytes()
     models = {
         "tf-frozen-graph": (ModelType.TENSORFLOW, frozen),
         "onnx-mlp": (ModelType.ONNX, mlp_onnx),
     }
     rows: list[Row] = []
-    with running_broker() as broker:
+    with running(broker_kind) as broker:
+        e2e, loop = f"{SCENARIO_E2E}, {broker.label}", f"{SCENARIO_BASELINE}, {broker.label}"
         broker.create_topics("data", partitions=PARTITIONS)
         payloads = [encode_wine_record(row) for row in wine.cycled(sizes.kafka_records)]
         _produce_fast(broker, "data", payloads)
@@ -61,7 +62,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
         tf_rate, onnx_rate = rates["tf-frozen-graph"], rates["onnx-mlp"]
         rows += [
             Row(
-                SCENARIO_E2E,
+                e2e,
                 "TF frozen graph: records/s, one process",
                 tf_rate,
                 "rec/s",
@@ -72,7 +73,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
                 {"records": len(payloads)},
             ),
             Row(
-                SCENARIO_E2E,
+                e2e,
                 "ONNX MLP: records/s, one process",
                 onnx_rate,
                 "rec/s",
@@ -83,7 +84,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
                 {"records": len(payloads)},
             ),
             Row(
-                SCENARIO_E2E,
+                e2e,
                 "ONNX MLP: records/s, one process",
                 onnx_rate,
                 "rec/s",
@@ -92,7 +93,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
                 details={"records": len(payloads)},
             ),
             Row(
-                SCENARIO_BASELINE,
+                loop,
                 "ONNX MLP: records/s",
                 baselines["onnx-mlp"],
                 "rec/s",
@@ -106,7 +107,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
         bare_p50, bare_p99 = bare_latency_at_rate(broker, half, sizes)
         rows.append(
             Row(
-                SCENARIO_E2E,
+                e2e,
                 f"TF frozen graph: latency p50 / p99 at {half:,.0f} rec/s (half max)",
                 p99,
                 "ms",
@@ -120,7 +121,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
     return rows
 
 
-def _produce_fast(broker: Broker, topic: str, payloads: list[bytes]) -> None:
+def _produce_fast(broker: BenchBroker, topic: str, payloads: list[bytes]) -> None:
     producer = Producer(
         {"bootstrap.servers": broker.bootstrap, "linger.ms": 20, "batch.num.messages": 10000}
     )
@@ -135,7 +136,7 @@ def _produce_fast(broker: Broker, topic: str, payloads: list[bytes]) -> None:
         raise RuntimeError("the benchmark records were not all acknowledged")
 
 
-def _consumer(broker: Broker, group: str, **extra: Any) -> Any:
+def _consumer(broker: BenchBroker, group: str, **extra: Any) -> Any:
     """A baseline's consumer, fetching as streamserve's data consumer does (so the baselines
     are not starved by librdkafka's 1 s fetch-queue backoff while streamserve is not)."""
     return Consumer(
@@ -144,13 +145,13 @@ def _consumer(broker: Broker, group: str, **extra: Any) -> Any:
             "group.id": group,
             "auto.offset.reset": "earliest",
             **DATA_CONSUMER_DEFAULTS,
-            **TEST_CONSUMER_SETTINGS,
+            **broker.consumer,
             **extra,
         }
     )
 
 
-def bare_consumer_rate(broker: Broker, topic: str, count: int) -> float:
+def bare_consumer_rate(broker: BenchBroker, topic: str, count: int) -> float:
     """A consumer that only reads: the broker's and client's limit on the machine it runs on."""
     consumer = _consumer(broker, "bench-bare", **{"enable.auto.commit": False})
     consumer.subscribe([topic])
@@ -169,7 +170,7 @@ def bare_consumer_rate(broker: Broker, topic: str, count: int) -> float:
     return rate(seen, elapsed)
 
 
-def consume_produce_rate(broker: Broker, topic: str, count: int) -> float:
+def consume_produce_rate(broker: BenchBroker, topic: str, count: int) -> float:
     """Consume a batch, produce each record's bytes to an output topic, commit asynchronously:
     what any pipeline publishing one output per record costs the client and the broker."""
     broker.create_topics("piped")
@@ -197,7 +198,7 @@ def consume_produce_rate(broker: Broker, topic: str, count: int) -> float:
     return rate(seen, elapsed)
 
 
-def _kafka_settings(broker: Broker, name: str, topics: list[str]) -> KafkaSettings:
+def _kafka_settings(broker: BenchBroker, name: str, topics: list[str]) -> KafkaSettings:
     return KafkaSettings(
         bootstrap_servers=broker.bootstrap,
         group_id=f"bench-{name}",
@@ -205,12 +206,17 @@ def _kafka_settings(broker: Broker, name: str, topics: list[str]) -> KafkaSettin
         models_topic=f"models-{name}",
         results_topic=f"results-{name}",
         errors_topic=f"errors-{name}",
-        consumer=TEST_CONSUMER_SETTINGS,
+        consumer=dict(broker.consumer),
     )
 
 
 def _start_runtime(
-    broker: Broker, name: str, model_type: int, data: bytes, topics: list[str], count: int | None
+    broker: BenchBroker,
+    name: str,
+    model_type: int,
+    data: bytes,
+    topics: list[str],
+    count: int | None,
 ) -> tuple[KafkaRuntime, ServingCore, threading.Thread, dict[str, Any]]:
     settings = _kafka_settings(broker, name, topics)
     broker.create_topics(settings.models_topic, settings.results_topic, settings.errors_topic)
@@ -231,7 +237,9 @@ def _start_runtime(
     return runtime, core, thread, outcome
 
 
-def streamserve_rate(broker: Broker, name: str, model_type: int, data: bytes, count: int) -> float:
+def streamserve_rate(
+    broker: BenchBroker, name: str, model_type: int, data: bytes, count: int
+) -> float:
     _, core, thread, outcome = _start_runtime(broker, name, model_type, data, ["data"], count)
     started = time.perf_counter()
     thread.join()
@@ -242,7 +250,9 @@ def streamserve_rate(broker: Broker, name: str, model_type: int, data: bytes, co
     return rate(count, outcome["finished"] - started)
 
 
-def per_record_rate(broker: Broker, name: str, model_type: int, data: bytes, count: int) -> float:
+def per_record_rate(
+    broker: BenchBroker, name: str, model_type: int, data: bytes, count: int
+) -> float:
     """The loop a user writes: poll one message, decode it, score one row, produce the result."""
     model = _load_model(name, model_type, data)
     consumer = _consumer(broker, f"bench-loop-{name}")
@@ -290,7 +300,7 @@ def _load_model(name: str, model_type: int, data: bytes) -> Model:
 
 
 def latency_at_rate(
-    broker: Broker, frozen: bytes, records_per_s: float, sizes: Sizes
+    broker: BenchBroker, frozen: bytes, records_per_s: float, sizes: Sizes
 ) -> tuple[float, float, int]:
     """Records published at ``records_per_s`` by ``streamserve publish-data`` (another
     process); latency = the result's produce time - the record's produce time."""
@@ -317,7 +327,9 @@ def latency_at_rate(
     return p50, p99, len(latencies)
 
 
-def bare_latency_at_rate(broker: Broker, records_per_s: float, sizes: Sizes) -> tuple[float, float]:
+def bare_latency_at_rate(
+    broker: BenchBroker, records_per_s: float, sizes: Sizes
+) -> tuple[float, float]:
     """The transport's own latency at the same rate: record produced -> a bare consumer has it."""
     topic = "data-latency-bare"
     broker.create_topics(topic, partitions=PARTITIONS)
@@ -344,7 +356,7 @@ def bare_latency_at_rate(broker: Broker, records_per_s: float, sizes: Sizes) -> 
     return percentiles(latencies)
 
 
-def _publish_paced(broker: Broker, topic: str, count: int, records_per_s: float) -> None:
+def _publish_paced(broker: BenchBroker, topic: str, count: int, records_per_s: float) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         records = Path(scratch) / "records.bin"
         with records.open("wb") as stream:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import orjson
 
-from benchmarks.broker import Broker, running_broker
+from benchmarks.broker import BenchBroker, running
 from benchmarks.common import Row, Sizes, WineData
 from benchmarks.kafka import PARTITIONS, _kafka_settings, _wait_for
 from streamserve.codecs.json import JsonCodec
@@ -35,10 +35,11 @@ def _descriptor(name: str, key: str, data: bytes) -> bytes:
     )
 
 
-def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
+def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes, broker_kind: str) -> list[Row]:
     seconds = max(sizes.latency_seconds, 3.0)
     count = int(sizes.swap_rate * seconds)
-    with running_broker() as broker:
+    with running(broker_kind) as broker:
+        scenario = f"{SCENARIO}, {broker.label}"
         settings = _kafka_settings(broker, "swap", ["data-swap"])
         broker.create_topics("data-swap", partitions=PARTITIONS)
         broker.create_topics(settings.models_topic, settings.results_topic, settings.errors_topic)
@@ -79,7 +80,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
     load_ms = load_s * 1000
     return [
         Row(
-            SCENARIO,
+            scenario,
             "publication → first result of the new model",
             swap_ms,
             "ms",
@@ -90,7 +91,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
             {"records": len(results)},
         ),
         Row(
-            SCENARIO,
+            scenario,
             "largest gap between results of another key, around the swap",
             during,
             "ms",
@@ -103,7 +104,7 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes) -> list[Row]:
 
 
 def _start_publisher(
-    broker: Broker, wine: WineData, count: int, rate: int
+    broker: BenchBroker, wine: WineData, count: int, rate: int
 ) -> subprocess.Popen[bytes]:
     scratch = Path(tempfile.mkdtemp())
     records = scratch / "records.jsonl"

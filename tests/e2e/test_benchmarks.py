@@ -20,7 +20,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_scenario_runs_and_counts_correctly(tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--smoke", "--json", str(report_path)],
+        [
+            *[sys.executable, "-m", "benchmarks", "--smoke", "--json", str(report_path)],
+            *["--broker", "kafka", "--broker", "tansu"],
+        ],
         cwd=ROOT,
         capture_output=True,
         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
@@ -33,6 +36,12 @@ def test_every_scenario_runs_and_counts_correctly(tmp_path: Path) -> None:
     assert report["smoke"] is True
     scenarios = {row["scenario"].split()[0] for row in rows}
     assert scenarios == {"1", "2", "3", "4", "5"}
+    on_kafka = {row["scenario"] for row in rows if row["scenario"].endswith(", Apache Kafka")}
+    on_tansu = {row["scenario"] for row in rows if row["scenario"].endswith(", tansu")}
+    assert {label.rsplit(",", 1)[0] for label in on_kafka} == {
+        label.rsplit(",", 1)[0] for label in on_tansu
+    }, "every Kafka scenario runs on both brokers"
+    assert len(on_kafka) == 3, on_kafka
     for row in rows:
         assert isinstance(row["value"], float), row
         assert math.isfinite(row["value"]), row
