@@ -19,12 +19,19 @@ A session-scoped broker in a conftest, with names unique to each test::
     @pytest.fixture
     def topic(request: pytest.FixtureRequest) -> str:
         return unique_name(request.node.name)
+
+``running_apache_kafka(sasl_ssl=SaslSsl())`` opens a SASL_SSL listener beside the plaintext one
+(which the tests' own admin, producer and readers keep using): TLS with a broker certificate from
+a certificate authority made for that broker, and SCRAM-SHA-512 users created when the storage
+is formatted; ``broker.sasl_ssl_settings("streamserve")`` are a client's librdkafka properties.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
+import ipaddress
 import re
 import shutil
 import signal
@@ -35,11 +42,15 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from kafka_broker import Broker, free_port
 
 KAFKA_VERSION = "4.4.0"
@@ -87,6 +98,107 @@ class BrokerStartError(RuntimeError):
     """Apache Kafka could not be resolved, formatted or started; the message quotes its log."""
 
 
+SASL_MECHANISMS = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+@dataclass(frozen=True)
+class SaslSsl:
+    """A SASL_SSL listener to open beside the plaintext one: its SASL mechanism and its users.
+
+    SCRAM users are created by the storage tool as it formats the log dir (``--add-scram``, the
+    KRaft way); PLAIN users are listed in the listener's JAAS configuration. Names and passwords
+    are letters, digits, ``-`` and ``_`` (they go into those option strings as they are).
+    """
+
+    mechanism: str = "SCRAM-SHA-512"
+    users: Mapping[str, str] = field(
+        default_factory=lambda: {"streamserve": "streamserve-secret", "admin": "admin-secret"}
+    )
+
+    def __post_init__(self) -> None:
+        assert self.mechanism in SASL_MECHANISMS, f"{self.mechanism} is not in {SASL_MECHANISMS}"
+        for text in (*self.users, *self.users.values()):
+            assert re.fullmatch(r"[A-Za-z0-9_-]+", text), f"unsupported user or password {text!r}"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A certificate authority's certificate, and a broker's key and certificate it signed."""
+
+    ca: Path  # PEM: the clients' ssl.ca.location
+    keystore: Path  # PEM: the broker's private key (PKCS#8, unencrypted), then its certificate
+
+
+def write_tls_files(folder: Path, hosts: Sequence[str] = ("127.0.0.1", "localhost")) -> TlsFiles:
+    """A new certificate authority and a broker certificate it signed for ``hosts`` (IP
+    addresses and DNS names, in the subject alternative names), as PEM files in ``folder``.
+    P-256 keys, valid for a day. A second call makes another authority: a wrong CA for clients."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name(
+        [x509.NameAttribute(NameOID.COMMON_NAME, f"streamserve test CA {uuid.uuid4().hex[:8]}")]
+    )
+    ca = _certificate(ca_name, ca_name, ca_key.public_key(), ca_key, [])
+    broker_key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    broker_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
+    broker = _certificate(broker_name, ca_name, broker_key.public_key(), ca_key, names)
+    pem = serialization.Encoding.PEM
+    files = TlsFiles(folder / "ca.pem", folder / "broker-keystore.pem")
+    files.ca.write_bytes(ca.public_bytes(pem))
+    key = broker_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    files.keystore.write_bytes(key + broker.public_bytes(pem))
+    files.keystore.chmod(0o600)
+    return files
+
+
+def _certificate(
+    subject: x509.Name,
+    issuer: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    signing_key: ec.EllipticCurvePrivateKey,
+    alternative_names: list[x509.GeneralName],
+) -> x509.Certificate:
+    """A certificate: a CA's own when it has no ``alternative_names``, else a server's."""
+    now = datetime.datetime.now(datetime.UTC)
+    is_ca = not alternative_names
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+    )
+    if is_ca:
+        signs_only = x509.KeyUsage(
+            digital_signature=False,
+            content_commitment=False,
+            key_encipherment=False,
+            data_encipherment=False,
+            key_agreement=False,
+            key_cert_sign=True,
+            crl_sign=True,
+            encipher_only=False,
+            decipher_only=False,
+        )
+        builder = builder.add_extension(signs_only, critical=True)
+    else:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(alternative_names), critical=False
+        ).add_extension(x509.ExtendedKeyUsage([x509.OID_SERVER_AUTH]), critical=False)
+    return builder.sign(signing_key, hashes.SHA256())
+
+
 def kafka_libs() -> Path:
     """The folder of Kafka's jars, from scripts/kafka-broker.sh (Maven once, then a stamp check)."""
     result = subprocess.run(
@@ -120,6 +232,24 @@ class ApacheKafka(Broker):
     class_sharing: bool = True
     start_timeout_s: float = 60.0
     archive_dump: Path | None = None
+    sasl_ssl: SaslSsl | None = None  # the SASL_SSL listener's mechanism and users, if opened
+    secure_bootstrap: str = ""  # its address
+    tls: TlsFiles | None = None  # its CA and keystore
+
+    def sasl_ssl_settings(
+        self, username: str, password: str | None = None, ca_location: Path | None = None
+    ) -> dict[str, str]:
+        """A client's librdkafka properties for the SASL_SSL listener, as ``username`` with its
+        password (or ``password``), trusting the broker's CA (or ``ca_location``)."""
+        assert self.sasl_ssl is not None, "no SASL_SSL listener: running_apache_kafka(sasl_ssl=…)"
+        assert self.tls is not None
+        return {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": self.sasl_ssl.mechanism,
+            "sasl.username": username,
+            "sasl.password": self.sasl_ssl.users[username] if password is None else password,
+            "ssl.ca.location": str(ca_location or self.tls.ca),
+        }
 
     @property
     def running(self) -> bool:
@@ -192,6 +322,7 @@ def running_apache_kafka(
     class_sharing: bool = True,
     workdir: Path | None = None,
     start_timeout_s: float = 60.0,
+    sasl_ssl: SaslSsl | None = None,
 ) -> Iterator[ApacheKafka]:
     """A freshly formatted broker on free 127.0.0.1 ports, stopped on exit, however it exits.
 
@@ -199,6 +330,8 @@ def running_apache_kafka(
     ``{"log.cleaner.backoff.ms": "100", "log.segment.bytes": "65536"}`` for compaction tests.
     The log dir is a temporary folder removed on exit, unless ``workdir`` is given.
     ``class_sharing`` maps the broker's classes from an AppCDS archive (see ``_class_archive``).
+    ``sasl_ssl`` opens a SASL_SSL listener too (``secure_bootstrap``), its CA and keystore in
+    ``workdir/tls``; ``bootstrap`` stays plaintext.
     """
     libs = kafka_libs()
     with _folder(workdir) as folder:
@@ -210,9 +343,17 @@ def running_apache_kafka(
             jvm_options=tuple(jvm_options),
             class_sharing=class_sharing,
             start_timeout_s=start_timeout_s,
+            sasl_ssl=sasl_ssl,
         )
+        listeners = {"PLAINTEXT": broker_port, "CONTROLLER": controller_port}
         settings = {**TEST_BROKER_PROPERTIES, **(properties or {})}
-        _write_properties(folder, broker_port, controller_port, settings)
+        if sasl_ssl is not None:
+            secure_port = free_port()
+            broker.secure_bootstrap = f"127.0.0.1:{secure_port}"
+            broker.tls = write_tls_files(folder / "tls")
+            listeners["SASL_SSL"] = secure_port
+            settings = {**_sasl_ssl_properties(sasl_ssl, broker.tls), **settings}
+        _write_properties(folder, listeners, settings)
         _format_storage(broker)
         try:
             broker.start()
@@ -231,24 +372,43 @@ def _folder(workdir: Path | None) -> Iterator[Path]:
         yield Path(name)
 
 
-def _write_properties(
-    folder: Path, broker_port: int, controller_port: int, settings: Mapping[str, str]
-) -> None:
+def _write_properties(folder: Path, ports: Mapping[str, int], settings: Mapping[str, str]) -> None:
+    """server.properties: one listener per name in ``ports``, named as its security protocol
+    (PLAINTEXT, SASL_SSL), but the CONTROLLER's (plaintext); brokers talk over PLAINTEXT."""
+    listeners = {name: f"{name}://127.0.0.1:{port}" for name, port in ports.items()}
     node = {
         "process.roles": "broker,controller",
         "node.id": "1",
-        "controller.quorum.bootstrap.servers": f"127.0.0.1:{controller_port}",
-        "listeners": (
-            f"PLAINTEXT://127.0.0.1:{broker_port},CONTROLLER://127.0.0.1:{controller_port}"
+        "controller.quorum.bootstrap.servers": f"127.0.0.1:{ports['CONTROLLER']}",
+        "listeners": ",".join(listeners.values()),
+        "advertised.listeners": ",".join(v for k, v in listeners.items() if k != "CONTROLLER"),
+        "listener.security.protocol.map": ",".join(
+            f"{name}:{'PLAINTEXT' if name == 'CONTROLLER' else name}" for name in ports
         ),
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{broker_port}",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "log.dirs": str(folder / "data"),
     }
     lines = [f"{key}={value}" for key, value in {**node, **settings}.items()]
     (folder / "server.properties").write_text("\n".join(lines) + "\n")
+
+
+def _sasl_ssl_properties(sasl_ssl: SaslSsl, tls: TlsFiles) -> dict[str, str]:
+    """The SASL_SSL listener's settings: its PEM keystore (no client certificates asked for),
+    its one mechanism and that mechanism's login module (with PLAIN, the users too)."""
+    prefix = "listener.name.sasl_ssl."
+    mechanism = sasl_ssl.mechanism
+    if mechanism == "PLAIN":
+        users = " ".join(f'user_{name}="{password}"' for name, password in sasl_ssl.users.items())
+        jaas = f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};"
+    else:
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+    return {
+        f"{prefix}ssl.keystore.type": "PEM",
+        f"{prefix}ssl.keystore.location": str(tls.keystore),
+        f"{prefix}sasl.enabled.mechanisms": mechanism,
+        f"{prefix}{mechanism.lower()}.sasl.jaas.config": jaas,
+    }
 
 
 def _java(broker: ApacheKafka, main_class: str, *arguments: str) -> list[str]:
@@ -270,7 +430,7 @@ def _format_storage(broker: ApacheKafka) -> None:
     config = str(broker.workdir / "server.properties")
     command = _java(broker, "kafka.tools.StorageTool", "format", "-t", _cluster_id())
     result = subprocess.run(
-        [*command, "-c", config, "--standalone"],
+        [*command, "-c", config, "--standalone", *_scram_users(broker.sasl_ssl)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -281,6 +441,17 @@ def _format_storage(broker: ApacheKafka) -> None:
             f"Kafka's storage tool could not format {broker.workdir} "
             f"(exit {result.returncode}): {result.stdout}{result.stderr}"
         )
+
+
+def _scram_users(sasl_ssl: SaslSsl | None) -> list[str]:
+    """The storage tool's options that create the SCRAM users (KRaft has no ZooKeeper to hold
+    them: they are metadata records, written as the log dir is formatted)."""
+    if sasl_ssl is None or not sasl_ssl.mechanism.startswith("SCRAM-"):
+        return []
+    options = []
+    for name, password in sasl_ssl.users.items():
+        options += ["--add-scram", f"{sasl_ssl.mechanism}=[name={name},password={password}]"]
+    return options
 
 
 def _class_archive(libs: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -9,7 +10,7 @@ import time
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from streamserve.errors import InfrastructureError
+from streamserve.errors import ConfigurationError, InfrastructureError
 from streamserve.settings import KafkaSettings
 
 if TYPE_CHECKING:
@@ -65,15 +66,20 @@ class ClientLog:
 class KafkaClients:
     """A replica's clients: the data consumer (in the group), the models reader (assigned every
     partition of the models topic), the producer, and with ``exactly_once`` a transactional
-    producer. Settings librdkafka refuses stop the replica here, saying which and why."""
+    producer. Settings librdkafka refuses stop the replica here, saying which and why.
+
+    Brokers that refuse the clients' credentials or TLS settings are not waited for: librdkafka
+    reports them through its error callback and retries forever, but no retry mends settings.
+    The first such refusal is kept as :attr:`problem`, which :meth:`raise_problem` raises.
+    """
 
     def __init__(self, settings: KafkaSettings, **callbacks: Any) -> None:
         self.kafka = confluent_kafka_module()
         self._settings = settings
         self._last_error_log = 0.0
+        self.problem: ConfigurationError | None = None  # settings that no retry mends
         self._common: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap_servers,
-            "error_cb": self._on_error,
             "logger": ClientLog(),
         }
         self.producer: Producer = self._producer({"linger.ms": 2})
@@ -104,6 +110,7 @@ class KafkaClients:
     def _producer(self, config: dict[str, Any]) -> Producer:
         merged = {
             **self._common,
+            "error_cb": functools.partial(self._on_error, "producer"),
             "message.max.bytes": MAX_MESSAGE_BYTES,
             **config,
             **self._settings.producer,
@@ -112,7 +119,12 @@ class KafkaClients:
         return producer
 
     def _consumer(self, config: dict[str, Any]) -> Consumer:
-        merged = {**self._common, **config, **self._settings.consumer}
+        merged = {
+            **self._common,
+            "error_cb": functools.partial(self._on_error, "consumer"),
+            **config,
+            **self._settings.consumer,
+        }
         consumer: Consumer = self._made("consumer", merged)
         return consumer
 
@@ -126,8 +138,25 @@ class KafkaClients:
                 f"{err.args[0].str()}"
             ) from err
 
-    def _on_error(self, error: KafkaError) -> None:
-        """librdkafka's client-level errors: it reconnects by itself, with backoff; say so."""
+    def raise_problem(self) -> None:
+        """Raises the :attr:`problem` (a :class:`ConfigurationError`) the clients reported so
+        far, if any. The consumers report theirs as they are polled; the producers' are served
+        here."""
+        for producer in (self.producer, self.transactional):
+            if producer is not None and self.problem is None:
+                producer.poll(0)
+        if self.problem is not None:
+            raise self.problem
+
+    def _on_error(self, role: str, error: KafkaError) -> None:
+        """librdkafka's client-level errors: it reconnects by itself, with backoff; say so.
+        Credentials or TLS settings the brokers refuse are kept as :attr:`problem` instead."""
+        code = error.code()
+        if code in (self.kafka.KafkaError._AUTHENTICATION, self.kafka.KafkaError._SSL):
+            if self.problem is None:
+                self.problem = ConfigurationError(self._refusal(role, error))
+                log.error("%s", self.problem)
+            return
         if error.fatal():
             log.error("Kafka client failed for good: %s", error)
             return
@@ -139,6 +168,27 @@ class KafkaClients:
                 self._settings.bootstrap_servers,
                 error,
             )
+
+    def _refusal(self, role: str, error: KafkaError) -> str:
+        """What the brokers refused, to whom, and which settings to check."""
+        config = self._settings.producer if role == "producer" else self._settings.consumer
+        protocol = config.get("security.protocol", "PLAINTEXT")
+        servers = self._settings.bootstrap_servers
+        if error.code() == self.kafka.KafkaError._SSL:
+            return (
+                f"the TLS handshake of the Kafka {role} with {servers} failed "
+                f"(security.protocol {protocol}): {error.str()}; check the ssl.* settings in "
+                f"kafka.{role} (ssl.ca.location: the authority that signed the brokers' "
+                "certificates)"
+            )
+        user = config.get("sasl.username")
+        mechanism = config.get("sasl.mechanism", "GSSAPI")
+        who = f"user {user!r}" if user is not None else f"sasl.mechanism {mechanism}"
+        return (
+            f"authentication failed for {who} at {servers} (the Kafka {role}, "
+            f"{protocol} {mechanism}): {error.str()}; check sasl.username and sasl.password "
+            f"in kafka.{role}"
+        )
 
 
 def is_partition_end(kafka: ModuleType, message: Message) -> bool:

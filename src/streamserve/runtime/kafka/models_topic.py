@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 from streamserve.errors import InfrastructureError
-from streamserve.runtime.kafka.clients import is_partition_end
+from streamserve.runtime.kafka.clients import KafkaClients, is_partition_end
 from streamserve.serving.core import ServingCore
 from streamserve.settings import KafkaSettings
 
@@ -74,15 +73,19 @@ class CatchUpWatch:
 
 class ModelsTopicReader:
     """Submits the models topic's messages to the core, in order, never more than
-    ``MAX_LOADS_PENDING`` at once."""
+    ``MAX_LOADS_PENDING`` at once (with the ``clients``' models reader).
 
-    def __init__(
-        self, kafka: ModuleType, core: ServingCore, settings: KafkaSettings, reader: Consumer
-    ) -> None:
-        self._kafka = kafka
+    Credentials or TLS settings that the brokers refuse stop the replica at the next read
+    (:meth:`KafkaClients.raise_problem`), at startup and while it serves, instead of waiting
+    for brokers that will never accept it.
+    """
+
+    def __init__(self, core: ServingCore, settings: KafkaSettings, clients: KafkaClients) -> None:
+        self._kafka = clients.kafka
         self._core = core
         self._settings = settings
-        self._reader = reader
+        self._clients = clients
+        self._reader: Consumer = clients.models
 
     def catch_up(self, stopping: threading.Event) -> int:
         """Reads the models topic to its end, submitting every model in order, and waits until
@@ -106,6 +109,7 @@ class ModelsTopicReader:
         while len(at_end) < partitions and not stopping.is_set():
             room = self._wait_for_loader(MAX_LOADS_PENDING - 1, watch)
             messages = self._reader.consume(room, MODELS_WAIT_S)
+            self._clients.raise_problem()
             watch.check(read=len(messages))
             for message in messages:
                 if is_partition_end(self._kafka, message):
@@ -119,9 +123,9 @@ class ModelsTopicReader:
         """Submits the model messages that arrived, never more than the loader's queue has room
         for: the rest wait on the broker, and serving never waits."""
         room = MAX_LOADS_PENDING - self._core.loads_pending
-        if room <= 0:
-            return
-        for message in self._reader.consume(room, 0):
+        messages = self._reader.consume(room, 0) if room > 0 else []
+        self._clients.raise_problem()  # refusals the clients reported, the data consumer's too
+        for message in messages:
             if message.error() is None:
                 self._submit(message)
 
@@ -137,6 +141,8 @@ class ModelsTopicReader:
         """The models topic's partitions, retried with backoff until the catch-up limit.
 
         The broker may be down or the topic not created yet: both are waited for, saying so.
+        Brokers that refuse the settings are not: the reader is polled (it has no partitions
+        yet) for the refusals librdkafka reports through its error callback.
         """
         topic = self._settings.models_topic
         deadline = time.monotonic() + self._settings.catch_up_timeout_s
@@ -150,6 +156,8 @@ class ModelsTopicReader:
                 problem = f"the models topic {topic!r} does not exist yet"
             except self._kafka.KafkaException as err:
                 problem = f"Kafka at {self._settings.bootstrap_servers} is not answering ({err})"
+            self._reader.poll(0)
+            self._clients.raise_problem()
             if stopping.is_set() or time.monotonic() + backoff_s > deadline:
                 raise InfrastructureError(
                     f"{problem}; gave up after {self._settings.catch_up_timeout_s:.0f} s"

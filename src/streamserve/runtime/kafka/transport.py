@@ -78,7 +78,7 @@ class KafkaTransport:
         self._kafka = self._clients.kafka
         self._data = self._clients.data
         self._producer = self._clients.producer
-        self._models = ModelsTopicReader(self._kafka, core, settings, self._clients.models)
+        self._models = ModelsTopicReader(core, settings, self._clients)
         self._commits = OffsetCommits(self._kafka, settings, self._data, self._producer)
         self._failing = False  # the run is ending on an error: leave without waiting for outputs
         self.ready = threading.Event()  # models caught up and data partitions assigned
@@ -254,17 +254,22 @@ class KafkaTransport:
 
     # --- after each batch, and the end -----------------------------------------------------------
     def after_batch(self) -> None:
-        """Sums (high watermark - position) over the assigned partitions, every few seconds."""
+        """Sums (high watermark - position) over the assigned partitions, every few seconds;
+        ``None`` (unknown) while the replica holds no partition."""
         now = time.monotonic()
-        if now < self._next_lag_check or not self._assigned:
+        if not self._assigned:
+            self.consumer_lag = None  # no partition: no lag of its own to report
+            return
+        if now < self._next_lag_check:
             return
         self._next_lag_check = now + LAG_INTERVAL_S
         lag = 0
         assigned = [self._kafka.TopicPartition(t, p) for t, p in sorted(self._assigned)]
         for place in self._data.position(assigned):
             low, high = self._data.get_watermark_offsets(place, cached=True) or (-1, -1)
-            if high < 0:
-                return  # no fetch response yet: unknown
+            if high < 0:  # no fetch response yet (a partition just assigned): unknown, not
+                self.consumer_lag = None  # the last sum, which left this partition out
+                return
             lag += max(high - (place.offset if place.offset >= 0 else low), 0)
         self.consumer_lag = lag
 
