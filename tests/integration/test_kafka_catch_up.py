@@ -1,5 +1,5 @@
 """The models catch-up of a Kafka replica: nothing is scored before every model read from the
-topic is loaded or rejected, and the loader's queue stays bounded (real broker: tansu)."""
+topic is loaded or rejected, and the loader's queue stays bounded (real broker: Apache Kafka)."""
 
 from __future__ import annotations
 

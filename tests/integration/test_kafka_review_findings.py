@@ -1,5 +1,5 @@
 """Regressions from an outside break-it review of the Kafka runtime, against the real broker
-(tansu) and real models. Each test failed on the code it was written against, naming the
+(Apache Kafka) and real models. Each test failed on the code it was written against, naming the
 contract it showed broken (ARCHITECTURE.md's five, and the README's promises about the Kafka
 runtime). Outputs are counted independently of streamserve's counters: by ``position``, with a
 plain consumer of the results and errors topics.
@@ -166,7 +166,6 @@ model_roots = ["{roots}"]
 bootstrap_servers = "{broker.bootstrap}"
 data_topics = ["data"]
 catch_up_timeout_s = 2
-consumer = {{ "session.timeout.ms" = 6000, "heartbeat.interval.ms" = 2000 }}
 """)
     replica = subprocess.Popen(
         serve_kafka_command(config),

@@ -1,4 +1,4 @@
-"""The Kafka runtime against a real Kafka-protocol broker (tansu), never a mock."""
+"""The Kafka runtime against a real broker (Apache Kafka, tests/kafka_broker.py), never a mock."""
 
 from __future__ import annotations
 
@@ -159,10 +159,9 @@ def test_a_restarted_replica_resumes_from_committed_offsets_with_its_models_rebu
 def test_exactly_once_mode_commits_outputs_and_offsets_in_one_transaction(
     broker: Broker, wine_dir: Path, wine_matrix: np.ndarray
 ) -> None:
-    """The transactional path runs end to end and a restart resumes after committed batches.
-    The test broker accepts transactions but does not isolate aborted records, so exactly-once
-    itself cannot be proven here (TEST-BROKER.md); what is proven is that it does not lose or
-    repeat anything on a clean restart."""
+    """The transactional path runs end to end and a restart resumes after committed batches:
+    nothing is lost or repeated on a clean restart (read_committed, as downstream readers must).
+    Kills mid-transaction: tests/e2e/test_kafka_exactly_once.py."""
     broker.produce("models", [(b"wine", encode_descriptor(frozen_graph(wine_dir)))])
     broker.produce("wine-data", [(None, encode_wine_record(r[:11])) for r in wine_matrix[:200]])
     settings = kafka_settings(broker).model_copy(update={"exactly_once": True})
