@@ -121,17 +121,23 @@ def run(wine: WineData, mlp_onnx: bytes, sizes: Sizes, broker_kind: str) -> list
     return rows
 
 
+def produce_waiting(producer: Producer, topic: str, value: bytes) -> None:
+    """``producer.produce``, waiting while the client's local queue is full (the broker acks
+    slower than the loop produces), as a well-written producer loop does."""
+    while True:
+        try:
+            producer.produce(topic, value)
+            return
+        except BufferError:
+            producer.poll(0.01)
+
+
 def _produce_fast(broker: BenchBroker, topic: str, payloads: list[bytes]) -> None:
     producer = Producer(
         {"bootstrap.servers": broker.bootstrap, "linger.ms": 20, "batch.num.messages": 10000}
     )
     for payload in payloads:
-        while True:
-            try:
-                producer.produce(topic, payload)
-                break
-            except BufferError:
-                producer.poll(0.01)
+        produce_waiting(producer, topic, payload)
     if producer.flush(120):
         raise RuntimeError("the benchmark records were not all acknowledged")
 
@@ -186,7 +192,7 @@ def consume_produce_rate(broker: BenchBroker, topic: str, count: int) -> float:
         if seen == 0:
             started = time.perf_counter()
         for message in messages:
-            producer.produce("piped", message.value())
+            produce_waiting(producer, "piped", message.value() or b"")
         producer.poll(0)
         consumer.commit(asynchronous=True)
         seen += len(messages)
@@ -270,8 +276,8 @@ def per_record_rate(
         record.ParseFromString(message.value())
         features = np.array([[getattr(record, field) for field in WINE_FEATURES]])
         value = model.score_batch(features)[0]
-        producer.produce(
-            f"loop-results-{name}", orjson.dumps({"model": name, "value": value.item()})
+        produce_waiting(
+            producer, f"loop-results-{name}", orjson.dumps({"model": name, "value": value.item()})
         )
         producer.poll(0)
         seen += 1
