@@ -152,7 +152,11 @@ class KafkaClients:
         """librdkafka's client-level errors: it reconnects by itself, with backoff; say so.
         Credentials or TLS settings the brokers refuse are kept as :attr:`problem` instead."""
         code = error.code()
-        if code in (self.kafka.KafkaError._AUTHENTICATION, self.kafka.KafkaError._SSL):
+        refused = code in (self.kafka.KafkaError._AUTHENTICATION, self.kafka.KafkaError._SSL)
+        # librdkafka reports a handshake the broker did not answer in time (a paused or
+        # overloaded broker) with the same code as a refusal; only its text tells them apart,
+        # and a broker that is slow is waited for, like one that is away.
+        if refused and not _timed_out(error):
             if self.problem is None:
                 self.problem = ConfigurationError(self._refusal(role, error))
                 log.error("%s", self.problem)
@@ -195,3 +199,8 @@ def is_partition_end(kafka: ModuleType, message: Message) -> bool:
     """Whether ``message`` is the end-of-partition event, not a record."""
     error = message.error()
     return error is not None and error.code() == kafka.KafkaError._PARTITION_EOF
+
+
+def _timed_out(error: KafkaError) -> bool:
+    """Whether librdkafka's error says an exchange timed out rather than was refused."""
+    return "timed out" in error.str().lower()
