@@ -22,6 +22,7 @@ from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
 OutputMessage = tuple[bytes | None, bytes]  # (message key, message value)
 MAX_ERROR_INPUT_BYTES = 64 * 1024  # at most 6x that once JSON-escaped: under Kafka's 1 MB
 MAX_REASON_CHARS = 4096
+MAX_ERROR_KEY_CHARS = 1024  # an error record's key (in the document and as the message key)
 INTERNAL_ERROR = "internal_error"  # the kind of a record failed by a defect no step foresaw
 
 
@@ -97,7 +98,9 @@ def encode_record_error(error: RecordError, record: InputRecord) -> OutputMessag
     An error record must always be publishable, whatever the record: past
     ``MAX_ERROR_INPUT_BYTES`` the input is cut (``input_truncated``, ``input_bytes``; the record
     itself stays at its ``position``), since JSON escaping can grow it sixfold and an output the
-    broker refuses would stop the replica at that record again after every restart.
+    broker refuses would stop the replica at that record again after every restart. The key is
+    cut past ``MAX_ERROR_KEY_CHARS`` (``key_truncated``) for the same reason: a record's key
+    comes from the record.
     """
     reason = error.reason
     if len(reason) > MAX_REASON_CHARS:
@@ -110,6 +113,12 @@ def encode_record_error(error: RecordError, record: InputRecord) -> OutputMessag
         "version": error.model.version if error.model else None,
         "position": record.position,
     }
+    key = error.key.encode("utf-8", "replace") if error.key else record.key
+    if error.key is not None and len(error.key) > MAX_ERROR_KEY_CHARS:
+        document["key"] = error.key[:MAX_ERROR_KEY_CHARS]
+        document["key_truncated"] = True
+    if key is not None and len(key) > MAX_ERROR_KEY_CHARS:
+        key = key[:MAX_ERROR_KEY_CHARS]
     payload = record.payload
     if len(payload) > MAX_ERROR_INPUT_BYTES:
         document["input_truncated"] = True
@@ -119,7 +128,6 @@ def encode_record_error(error: RecordError, record: InputRecord) -> OutputMessag
         document["input"] = payload.decode("utf-8")
     except UnicodeDecodeError:
         document["input_base64"] = base64.b64encode(payload).decode("ascii")
-    key = error.key.encode("utf-8", "replace") if error.key else record.key
     try:
         return key, orjson.dumps(document)
     except orjson.JSONEncodeError:  # text that is not UTF-8 (a lone surrogate): replace it

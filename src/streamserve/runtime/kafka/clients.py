@@ -98,6 +98,9 @@ class KafkaClients:
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "fetch.message.max.bytes": MAX_MESSAGE_BYTES,
+                # a fetch response holds a whole model message: above librdkafka's 100 MB default
+                "fetch.max.bytes": MAX_MESSAGE_BYTES,
+                "receive.message.max.bytes": MAX_MESSAGE_BYTES + 1024 * 1024,
             }
         )
         self.transactional: Producer | None = None

@@ -254,8 +254,10 @@ class KafkaTransport:
 
     # --- after each batch, and the end -----------------------------------------------------------
     def after_batch(self) -> None:
-        """Sums (high watermark - position) over the assigned partitions, every few seconds;
-        ``None`` (unknown) while the replica holds no partition."""
+        """Takes the outputs' acknowledgements (a failed delivery stops the replica even while
+        no record comes), then measures the lag: (high watermark - position) summed over the
+        assigned partitions, every few seconds; ``None`` (unknown) while it holds none."""
+        self._commits.wait_for_acknowledgements(self._settings.max_batches_in_flight)
         now = time.monotonic()
         if not self._assigned:
             self.consumer_lag = None  # no partition: no lag of its own to report
@@ -265,13 +267,28 @@ class KafkaTransport:
         self._next_lag_check = now + LAG_INTERVAL_S
         lag = 0
         assigned = [self._kafka.TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        for place in self._data.position(assigned):
+        for place in self._read_positions(assigned):
             low, high = self._data.get_watermark_offsets(place, cached=True) or (-1, -1)
             if high < 0:  # no fetch response yet (a partition just assigned): unknown, not
                 self.consumer_lag = None  # the last sum, which left this partition out
                 return
             lag += max(high - (place.offset if place.offset >= 0 else low), 0)
         self.consumer_lag = lag
+
+    def _read_positions(self, assigned: list[TopicPartition]) -> list[TopicPartition]:
+        """Each partition's position; where nothing was read since the assignment (a replica
+        restarted with nothing left to read), the group's committed offset."""
+        positions = self._data.position(assigned)
+        unread = [p for p in positions if p.offset < 0]
+        if not unread:
+            return positions
+        try:
+            committed = {
+                (c.topic, c.partition): c for c in self._data.committed(unread, timeout=1.0)
+            }
+        except self._kafka.KafkaException:
+            return positions
+        return [committed.get((p.topic, p.partition), p) for p in positions]
 
     def finish(self) -> None:
         self._commits.wait_for_acknowledgements(0, final=True)  # every batch acknowledged...
