@@ -14,8 +14,10 @@ from rich.console import Console
 
 from streamserve.api.server import ApiServer
 from streamserve.codecs.registry import BUILTIN_CODECS, build_codec
+from streamserve.descriptor.signing import Signer, generate_key
 from streamserve.errors import StreamserveError
 from streamserve.runtime.base import freeze_startup_objects
+from streamserve.runtime.model_directory import model_message_of, sidecar_path
 from streamserve.runtime.publish import Publisher, model_descriptor, parse_options
 from streamserve.runtime.registry import RuntimeContext, build_runtime
 from streamserve.runtime.streams import (
@@ -94,8 +96,35 @@ def _parser() -> argparse.ArgumentParser:
     publish_model.add_argument(
         "--option", action="append", default=[], help="a format option NAME=VALUE (repeatable)"
     )
+    _sign_argument(publish_model)
     _kafka_arguments(publish_model)
     publish_model.set_defaults(handler=_publish_model)
+
+    tombstone = commands.add_parser(
+        "publish-tombstone", help="unload a key on every replica (a tombstone on the models topic)"
+    )
+    tombstone.add_argument("--key", required=True, help="the data type to unload")
+    _sign_argument(tombstone)
+    _kafka_arguments(tombstone)
+    tombstone.set_defaults(handler=_publish_tombstone)
+
+    keygen = commands.add_parser("keygen", help="make an Ed25519 key pair to sign models with")
+    keygen.add_argument(
+        "keyfile", type=Path, help="the private key file to write (the public key: KEYFILE.pub)"
+    )
+    keygen.set_defaults(handler=_keygen)
+
+    sign = commands.add_parser(
+        "sign", help="sign models in a models folder (writes MODEL.sig beside each)"
+    )
+    sign.add_argument("keyfile", type=Path, help="the Ed25519 private key (PEM)")
+    sign.add_argument(
+        "models",
+        type=Path,
+        nargs="+",
+        help="KEY/NAME.EXT model files, SavedModel folders or .desc files, where they are served",
+    )
+    sign.set_defaults(handler=_sign)
 
     publish_data = commands.add_parser("publish-data", help="publish records to Kafka")
     publish_data.add_argument(
@@ -110,6 +139,16 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", help="print the serving statistics of a server")
     status.add_argument("--url", default="http://127.0.0.1:8080", help="the server's HTTP API")
+    status.add_argument(
+        "--ca-file",
+        type=Path,
+        help="PEM CA certificates to verify an https server with (default: the system's)",
+    )
+    status.add_argument(
+        "--client-cert",
+        type=Path,
+        help="PEM file holding a client key and certificate, for a server that asks for one",
+    )
     status.set_defaults(handler=_status)
     return parser
 
@@ -174,11 +213,7 @@ def _serve(args: argparse.Namespace) -> int:
             api = ApiServer(core, settings.api, runtime.ready.is_set, lambda: runtime.consumer_lag)
             api.start()
             resources.callback(api.stop)
-            print(
-                f"streamserve: HTTP API on http://{settings.api.host}:{api.port}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"streamserve: HTTP API on {api.url}", file=sys.stderr, flush=True)
         summary = runtime.run(count=args.count, timeout_s=args.timeout_s)
     print(
         f"streamserve: {summary.records} records, {summary.results} results, "
@@ -193,6 +228,15 @@ def _kafka_arguments(command: argparse.ArgumentParser) -> None:
     command.add_argument("--config", type=Path, help="TOML settings file ([kafka] section)")
     command.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
     command.add_argument("--topic", help="default: kafka.models_topic / kafka.data_topics[0]")
+
+
+def _sign_argument(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--sign",
+        type=Path,
+        metavar="KEYFILE",
+        help="sign with this Ed25519 private key (PEM; see streamserve keygen)",
+    )
 
 
 def _publisher(args: argparse.Namespace) -> tuple[Publisher, KafkaSettings]:
@@ -213,13 +257,50 @@ def _publish_model(args: argparse.Namespace) -> int:
         options=parse_options(args.option),
         output=args.output,
     )
+    signer = Signer.from_file(args.sign) if args.sign else None
     publisher, kafka = _publisher(args)
     topic = args.topic or kafka.models_topic
-    publisher.publish_model(topic, descriptor)
+    publisher.publish_model(topic, descriptor, signer)
+    signed = "" if signer is None else f", signed by key {signer.key_id}"
     print(
         f"streamserve: published {descriptor.name} ({descriptor.model_type_label}, "
-        f"{descriptor.version_label}) for key {descriptor.data_type!r} to {topic}"
+        f"{descriptor.version_label}) for key {descriptor.data_type!r} to {topic}{signed}"
     )
+    return 0
+
+
+def _publish_tombstone(args: argparse.Namespace) -> int:
+    signer = Signer.from_file(args.sign) if args.sign else None
+    publisher, kafka = _publisher(args)
+    topic = args.topic or kafka.models_topic
+    publisher.publish_tombstone(topic, args.key, signer)
+    signed = "" if signer is None else f", signed by key {signer.key_id}"
+    print(f"streamserve: published a tombstone for key {args.key!r} to {topic}{signed}")
+    return 0
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    public_path, inline = generate_key(args.keyfile)
+    signer = Signer.from_file(args.keyfile)
+    print(
+        f"streamserve: wrote the private key {args.keyfile} (keep it secret) and the public key "
+        f"{public_path}; key id {signer.key_id}\n"
+        "servers that trust it list the public key file, or the key inline, in "
+        f"serving.security.trusted_keys:\n  {inline}"
+    )
+    return 0
+
+
+def _sign(args: argparse.Namespace) -> int:
+    signer = Signer.from_file(args.keyfile)
+    for path in args.models:
+        try:
+            payload = model_message_of(path, signed=True)
+            sidecar = sidecar_path(path)
+            sidecar.write_bytes(signer.sign_model(payload).encode() + b"\n")
+        except OSError as err:
+            raise StreamserveError(f"cannot sign {path}: {err}") from err
+        print(f"streamserve: signed {path} with key {signer.key_id}: {sidecar}")
     return 0
 
 
@@ -243,4 +324,4 @@ def _publish_data(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from streamserve.api.status import print_status
 
-    return print_status(_console(), args.url)
+    return print_status(_console(), args.url, ca_file=args.ca_file, client_cert=args.client_cert)

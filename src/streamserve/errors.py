@@ -5,6 +5,8 @@
     StreamserveError
     ├── RejectedInput            a bad model or record: counted, routed, the stream goes on
     │   ├── DescriptorError
+    │   ├── ModelTooLargeError
+    │   ├── ModelSignatureError
     │   ├── ModelLoadError
     │   │   └── MissingDependencyError
     │   ├── ModelValidationError
@@ -12,12 +14,15 @@
     │   ├── MissingFeaturesError
     │   ├── NoModelError
     │   └── ScoringError
+    │       └── ScoringTimeoutError
     ├── RequestError             a caller's request refused; the stream never notices
     │   ├── InvalidRequestError
     │   ├── NotFoundError
     │   │   ├── KeyNotFoundError
     │   │   └── ModelNotFoundError
     │   ├── NothingToRollBackError
+    │   ├── RequestTooLargeError
+    │   ├── RequestTimeoutError
     │   └── AccessDeniedError
     │       ├── AdminDisabledError
     │       └── NotAuthenticatedError
@@ -60,6 +65,20 @@ class DescriptorError(RejectedInput):
     """A model message that is not a usable ModelDescriptor."""
 
     kind = "bad_descriptor"
+
+
+class ModelTooLargeError(RejectedInput):
+    """A model message, or the archive it carries unpacked, larger than the configured limit
+    (``serving.security``): refused before it is decoded or unpacked any further."""
+
+    kind = "model_too_large"
+
+
+class ModelSignatureError(RejectedInput):
+    """A model message or tombstone refused because signing is on (trusted keys configured)
+    and it is unsigned, signed by an unknown key, or its signature does not verify."""
+
+    kind = "bad_signature"
 
 
 class ModelLoadError(RejectedInput):
@@ -112,6 +131,13 @@ class ScoringError(RejectedInput):
     kind = "scoring_failed"
 
 
+class ScoringTimeoutError(ScoringError):
+    """A model call that did not return within the scoring deadline: the records it held get
+    this error, and the model is taken out of service (stream records only)."""
+
+    kind = "scoring_timeout"
+
+
 # --- refused requests ----------------------------------------------------------------------------
 class RequestError(StreamserveError):
     """A request the server refuses, with the reason for the caller; serving goes on."""
@@ -147,6 +173,19 @@ class NothingToRollBackError(RequestError):
     """An admin rollback of a key that has no previous model."""
 
     kind = "nothing_to_roll_back"
+
+
+class RequestTooLargeError(RequestError):
+    """A request whose body is larger than the server accepts: refused before it is read whole,
+    so nothing beyond the limit is ever held."""
+
+    kind = "request_too_large"
+
+
+class RequestTimeoutError(RequestError):
+    """A request whose body did not arrive whole in the time the server allows for it."""
+
+    kind = "request_timeout"
 
 
 class AccessDeniedError(RequestError):

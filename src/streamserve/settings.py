@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,12 +27,44 @@ from pydantic_settings import (
 )
 
 from streamserve.errors import ConfigurationError
+from streamserve.formats.archive import DEFAULT_MAX_ARCHIVE_MEMBERS, DEFAULT_MAX_UNPACKED_BYTES
 from streamserve.formats.base import DEFAULT_SKLEARN_TRUSTED_TYPES
 from streamserve.formats.cache import DEFAULT_MAX_BYTES
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DEFAULT_MAX_MODEL_MESSAGE_BYTES = 200 * 1024**2  # the Kafka models reader fetches as much
+
+
+class ModelSecuritySettings(_Section):
+    """``[serving.security]``: what a model publisher is trusted with. Whoever can write the
+    models topic (or the models folder) decides what is served; these bound what a hostile or
+    broken publisher can do, and with trusted keys only signed models are served."""
+
+    max_model_message_bytes: int = Field(
+        DEFAULT_MAX_MODEL_MESSAGE_BYTES,
+        gt=0,
+        description="a model message (or models-folder file) larger than this is rejected before "
+        "it is decoded",
+    )
+    max_unpacked_bytes: int = Field(
+        DEFAULT_MAX_UNPACKED_BYTES,
+        gt=0,
+        description="an archive (a SavedModel sent as data) that writes more than this many bytes "
+        "when unpacked is rejected, and what it wrote removed",
+    )
+    max_archive_members: int = Field(
+        DEFAULT_MAX_ARCHIVE_MEMBERS, gt=0, description="an archive with more members is rejected"
+    )
+    trusted_keys: list[str] = Field(
+        default_factory=list,
+        description="Ed25519 public keys (a path to a PEM or raw 32-byte file, or inline "
+        "'ed25519:<base64>'); when any is set, model messages and tombstones must be signed by "
+        "one of them (the signing extra)",
+    )
 
 
 class ServingSettings(_Section):
@@ -46,6 +87,19 @@ class ServingSettings(_Section):
         description="a current model whose scoring fails this many records in a row, with none "
         "scored between, is taken out of service and its previous model restored",
     )
+    scoring_deadline_s: float | None = Field(
+        30.0,
+        gt=0,
+        description="a batch's scoring time limit: a model call that overruns it is left "
+        "running, its model taken out of service (the previous one restored) and the batch "
+        "scored again without it; None: no limit",
+    )
+    probe_timeout_s: float = Field(
+        10.0, gt=0, description="a new model whose validation probe overruns this is rejected"
+    )
+    load_timeout_s: float = Field(
+        300.0, gt=0, description="a model whose factory does not load it within this is rejected"
+    )
     artifact_cache_dir: Path | None = Field(
         None,
         description="keeps unpacked archives and passed checks by digest across restarts",
@@ -56,6 +110,10 @@ class ServingSettings(_Section):
     sklearn_trusted_types: list[str] = Field(
         default_factory=lambda: list(DEFAULT_SKLEARN_TRUSTED_TYPES),
         description="types a skops file may instantiate beyond skops' own defaults",
+    )
+    security: ModelSecuritySettings = Field(
+        default_factory=ModelSecuritySettings,
+        description="size limits of model messages and archives, and trusted signing keys",
     )
 
     router: str | None = Field(
@@ -182,15 +240,97 @@ class KafkaSettings(_Section):
         return properties
 
 
+ADMIN_TOKEN_MIN_LENGTH = 32
+ADMIN_TOKEN_MIN_DISTINCT = 8  # "aaaa…" or "abab…" is long, and guessed at once
+MIB = 1 << 20
+
+
+def admin_token_problem(token: str) -> str | None:
+    """Why ``token`` would not protect admin actions, or None if it would. Never quotes it."""
+    advice = "make one with `openssl rand -hex 32`"
+    if not token.isascii() or not token.isprintable() or " " in token:
+        return f"it must be printable ASCII without spaces (a header value); {advice}"
+    if len(token) < ADMIN_TOKEN_MIN_LENGTH:
+        return f"it has {len(token)} characters, fewer than {ADMIN_TOKEN_MIN_LENGTH}; {advice}"
+    if len(set(token)) < ADMIN_TOKEN_MIN_DISTINCT:
+        return (
+            f"it has {len(set(token))} distinct characters, fewer than "
+            f"{ADMIN_TOKEN_MIN_DISTINCT}; {advice}"
+        )
+    return None
+
+
 class ApiSettings(_Section):
+    """The HTTP API: where it listens, TLS, the admin token, and the limits that keep a hostile
+    or broken client from taking the server's memory or connections."""
+
+    # a refused admin token must not be echoed into logs
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
     host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     port: int | None = Field(None, ge=0, le=65535, description="HTTP API port; None: no API")
-    admin_token: str | None = Field(
+    admin_token: SecretStr | None = Field(
         None,
-        min_length=16,
-        pattern=r"^\S+$",
-        description="bearer token of admin actions (16+ characters, no spaces); None: off",
+        description=f"bearer token of admin actions ({ADMIN_TOKEN_MIN_LENGTH}+ printable ASCII "
+        f"characters, {ADMIN_TOKEN_MIN_DISTINCT}+ distinct, no spaces); None: admin off",
     )
+    tls_certfile: Path | None = Field(
+        None, description="PEM certificate (chain) of the API: it then speaks HTTPS only"
+    )
+    tls_keyfile: Path | None = Field(None, description="PEM private key of tls_certfile")
+    tls_ca_certs: Path | None = Field(
+        None,
+        description="PEM CA certificates: when set, a client must present a certificate they "
+        "signed (mutual TLS)",
+    )
+    max_body_bytes: int = Field(
+        16 * MIB,
+        gt=0,
+        description="a request body larger than this is refused (413) before it is read whole",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's line and headers must arrive whole within this after the "
+        "connection opens or the previous response ends (else the connection is closed)",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body must arrive whole within this (408 otherwise)"
+    )
+    max_connections: int = Field(
+        64,
+        ge=1,
+        description="a request that arrives while this many connections are open (its own "
+        "included) is answered 503",
+    )
+    inference_threads: int = Field(
+        2,
+        ge=1,
+        description="V2 inference requests parsed and scored at once; more wait their turn",
+    )
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_protects(cls, token: SecretStr | None) -> SecretStr | None:
+        problem = None if token is None else admin_token_problem(token.get_secret_value())
+        if problem is not None:
+            raise ValueError(f"the admin token would not protect admin actions: {problem}")
+        return token
+
+    @model_validator(mode="after")
+    def _tls_files_pair(self) -> ApiSettings:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            given, missing = (
+                ("tls_certfile", "tls_keyfile")
+                if self.tls_keyfile is None
+                else ("tls_keyfile", "tls_certfile")
+            )
+            raise ValueError(f"api.{given} is set without api.{missing}: TLS needs both")
+        if self.tls_ca_certs is not None and self.tls_certfile is None:
+            raise ValueError(
+                "api.tls_ca_certs (client certificates) needs api.tls_certfile and tls_keyfile"
+            )
+        return self
 
 
 class Settings(BaseSettings):

@@ -10,16 +10,28 @@ from __future__ import annotations
 import hashlib
 import io
 import tarfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from streamserve.errors import ModelLoadError
+from streamserve.formats.archive import ArchiveLimits, unpack_archive
 from streamserve.formats.cache import ArtifactCache, LeasedDirectory, unpack_to_scratch
 
-MAX_UNPACKED_BYTES = 4 * 1024**3
+__all__ = [
+    "ArchiveLimits",
+    "Artifact",
+    "InlineArtifact",
+    "PathArtifact",
+    "materialize_directory",
+    "pack_directory",
+    "path_digest",
+    "resolve_location",
+    "unpack_archive",
+]
+
+ALLOWED_LOCATIONS = "local paths and file:// URLs inside serving.model_roots"
 
 
 @dataclass(frozen=True)
@@ -53,24 +65,49 @@ Artifact = InlineArtifact | PathArtifact
 
 
 def resolve_location(location: str, allowed_roots: Sequence[Path]) -> Path:
-    """The local path a ``location`` names, if it lies inside an allowed root and exists."""
-    parsed = urlparse(location)
-    if parsed.scheme not in ("", "file"):
-        raise ModelLoadError(
-            f"location {location!r}: scheme {parsed.scheme!r} is not supported (local paths and "
-            "file:// URLs only)"
-        )
-    raw = unquote(parsed.path) if parsed.scheme == "file" else location
-    path = Path(raw).expanduser().resolve()
+    """The local file or folder a ``location`` names, if it lies inside an allowed root.
+
+    Allowed: local paths and ``file://`` URLs (no host, query or fragment); nothing remote is
+    ever fetched. The path is resolved first, ``..`` and symbolic links followed, so neither
+    leads out of a root. Special files (devices, fifos, sockets) are refused.
+    """
+    raw = _location_path(location)
     roots = [root.expanduser().resolve() for root in allowed_roots]
+    try:
+        path = Path(raw).expanduser().resolve()
+    except (OSError, RuntimeError) as err:  # a symlink loop
+        raise ModelLoadError(f"location {location!r} cannot be resolved: {err}") from err
     if not any(path.is_relative_to(root) for root in roots):
         allowed = ", ".join(str(root) for root in roots) or "none configured"
         raise ModelLoadError(
-            f"location {location!r} is outside the allowed model roots ({allowed})"
+            f"location {location!r} resolves to {path}, outside the allowed model roots "
+            f"({allowed}; serving.model_roots)"
         )
     if not path.exists():
         raise ModelLoadError(f"location {location!r} does not exist")
+    if not (path.is_file() or path.is_dir()):
+        raise ModelLoadError(f"location {location!r} is neither a regular file nor a folder")
     return path
+
+
+def _location_path(location: str) -> str:
+    """The path part of ``location``, or a refusal naming what is allowed."""
+    if "\0" in location:
+        raise ModelLoadError(f"location {location!r} holds a NUL character")
+    parsed = urlparse(location)
+    if parsed.scheme == "":
+        return location
+    if parsed.scheme != "file":
+        raise ModelLoadError(
+            f"location {location!r}: scheme {parsed.scheme!r} is not supported; allowed are "
+            f"{ALLOWED_LOCATIONS} (remote locations are never fetched)"
+        )
+    if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
+        raise ModelLoadError(
+            f"location {location!r}: a file:// URL may name no host, query or fragment; allowed "
+            f"are {ALLOWED_LOCATIONS}"
+        )
+    return unquote(parsed.path)
 
 
 def path_digest(path: Path) -> str:
@@ -87,40 +124,12 @@ def path_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def unpack_archive(data: bytes, destination: Path) -> None:
-    """Unpacks a tar (any compression) or zip archive safely: no paths out of ``destination``."""
-    try:
-        if zipfile.is_zipfile(io.BytesIO(data)):
-            _unpack_zip(data, destination)
-        else:
-            with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-                _check_size(sum(member.size for member in archive.getmembers()))
-                archive.extractall(destination, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, OSError, EOFError) as err:
-        raise ModelLoadError(f"model data is not a readable tar or zip archive: {err}") from err
-
-
-def _unpack_zip(data: bytes, destination: Path) -> None:
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        _check_size(sum(info.file_size for info in archive.infolist()))
-        root = destination.resolve()
-        for info in archive.infolist():
-            target = (root / info.filename).resolve()
-            if not target.is_relative_to(root):
-                raise ModelLoadError(f"archive member {info.filename!r} points outside the archive")
-        archive.extractall(root)  # noqa: S202 - every member was checked above
-
-
-def _check_size(total: int) -> None:
-    if total > MAX_UNPACKED_BYTES:
-        raise ModelLoadError(f"archive unpacks to {total} bytes, over {MAX_UNPACKED_BYTES}")
-
-
 def materialize_directory(
-    artifact: Artifact, cache: ArtifactCache | None = None
+    artifact: Artifact, cache: ArtifactCache | None = None, limits: ArchiveLimits | None = None
 ) -> LeasedDirectory:
-    """A directory holding the artifact: the path itself, or an archive unpacked (into the cache
-    when there is one, else into a temporary directory).
+    """A directory holding the artifact: the path itself, or an archive unpacked within
+    ``limits`` (into the cache when there is one, else into a temporary directory; a refused
+    archive leaves neither behind).
 
     The caller closes the result once it no longer reads the directory: that removes a temporary
     directory, and lets the cache prune its entry.
@@ -129,9 +138,10 @@ def materialize_directory(
         if not artifact.path.is_dir():
             raise ModelLoadError(f"location {artifact.path} is not a directory")
         return LeasedDirectory(artifact.path)
+    unpack = (limits or ArchiveLimits()).unpack
     if cache is not None:
-        return cache.unpacked(artifact.data, unpack_archive)
-    return unpack_to_scratch(artifact.data, unpack_archive)
+        return cache.unpacked(artifact.data, unpack)
+    return unpack_to_scratch(artifact.data, unpack)
 
 
 def pack_directory(directory: Path) -> bytes:

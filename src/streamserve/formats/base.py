@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -13,6 +13,7 @@ import numpy.typing as npt
 
 from streamserve.descriptor import OutputRule
 from streamserve.errors import MissingDependencyError, ModelLoadError
+from streamserve.formats.archive import ArchiveLimits
 from streamserve.formats.artifact import Artifact
 from streamserve.formats.cache import ArtifactCache
 
@@ -100,6 +101,8 @@ class FactoryContext:
     threads_per_model: int = 1
     sklearn_trusted_types: tuple[str, ...] = DEFAULT_SKLEARN_TRUSTED_TYPES
     cache: ArtifactCache | None = None  # what costly derivations of model bytes are kept in
+    # how far a model's archive may unpack
+    archive_limits: ArchiveLimits = field(default_factory=ArchiveLimits)
 
 
 @dataclass(frozen=True)

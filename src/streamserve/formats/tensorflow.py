@@ -170,7 +170,9 @@ class SavedModelFactory:
         tf = _tensorflow(self._context)
         where = f"TensorFlow SavedModel {request.name!r}"
         try:
-            directory = materialize_directory(request.artifact, self._context.cache)
+            directory = materialize_directory(
+                request.artifact, self._context.cache, self._context.archive_limits
+            )
         except ModelLoadError as err:
             raise ModelLoadError(f"{where}: {err}") from err
         try:

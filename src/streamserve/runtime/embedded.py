@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from streamserve.codecs.base import Codec, Framing, InputRecord
-from streamserve.errors import DescriptorError
 from streamserve.runtime.base import BatchLoop, RunSummary, collect_batch
 from streamserve.runtime.batch import EncodedBatch
 from streamserve.runtime.encoding import OutputMessage
@@ -107,9 +106,9 @@ class EmbeddedTransport:
         self._next_model_poll = now + self._model_poll_interval_s
         for message in self._models.poll():
             if message.payload is None:
-                self._core.reject_model_message(DescriptorError(message.problem), message.origin)
+                self._core.reject_model_message(message.rejection(), message.origin)
             else:
-                self._core.submit_model_message(message.payload, message.origin)
+                self._core.submit_model_message(message.payload, message.origin, message.signature)
 
     def next_batch(self, limit: int, wait_s: float) -> RecordBatch | None:
         records = collect_batch(self._data.poll, limit, wait_s, self._max_delay_s)
@@ -171,7 +170,7 @@ def embedded_runtime(context: RuntimeContext) -> EmbeddedRuntime:
     results and errors to files or stdout/stderr, models from a watched directory."""
     settings = context.settings.embedded
     resources = context.resources
-    data = resources.enter_context(open_input(settings.data, sys.stdin.buffer))
+    data = resources.enter_context(open_input(settings.data))
     results = resources.enter_context(open_output(settings.results, sys.stdout.buffer))
     errors = resources.enter_context(open_output(settings.errors, sys.stderr.buffer))
     framing = context.codec.framing
@@ -185,7 +184,13 @@ def embedded_runtime(context: RuntimeContext) -> EmbeddedRuntime:
         LineSink(results),
         LineSink(errors),
         context.settings.batch,
-        models=ModelDirectory(settings.models_dir) if settings.models_dir else None,
+        models=(
+            ModelDirectory(
+                settings.models_dir, context.settings.serving.security.max_model_message_bytes
+            )
+            if settings.models_dir
+            else None
+        ),
         model_poll_interval_s=settings.poll_interval_ms / 1000,
         on_event=context.on_event,
         freeze_startup=True,  # a server process: it runs once

@@ -1,6 +1,8 @@
-"""``streamserve publish-model`` and ``publish-data``: put models and records on Kafka topics,
-the way an original FLIP-23 publisher does (model messages keyed by data type; records with
-null keys), with a progress display."""
+"""``streamserve publish-model``, ``publish-tombstone`` and ``publish-data``: put models and
+records on Kafka topics, the way an original FLIP-23 publisher does (model messages keyed by data
+type; records with null keys), with a progress display. With a signer, a model message or
+tombstone carries its signature in the ``streamserve-signature`` header; the message itself is
+unchanged."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from streamserve.descriptor import ModelDescriptor, ModelType, OutputRule, encode_descriptor
+from streamserve.descriptor.signing import SIGNATURE_HEADER, Signer
 from streamserve.errors import ConfigurationError, InfrastructureError
 from streamserve.formats.artifact import pack_directory
 from streamserve.runtime.kafka import confluent_kafka_module
@@ -87,8 +90,19 @@ class Publisher:
         )
         self._failures: list[str] = []
 
-    def publish_model(self, topic: str, descriptor: ModelDescriptor) -> None:
-        self._send(topic, descriptor.data_type.encode(), encode_descriptor(descriptor))
+    def publish_model(
+        self, topic: str, descriptor: ModelDescriptor, signer: Signer | None = None
+    ) -> None:
+        payload = encode_descriptor(descriptor)
+        headers = None if signer is None else _signed(signer.sign_model(payload).encode())
+        self._send(topic, descriptor.data_type.encode(), payload, headers)
+        self._flush()
+
+    def publish_tombstone(self, topic: str, key: str, signer: Signer | None = None) -> None:
+        """A tombstone (null value) for ``key``: every replica unloads the key."""
+        encoded = key.encode()
+        headers = None if signer is None else _signed(signer.sign_tombstone(encoded).encode())
+        self._send(topic, encoded, None, headers)
         self._flush()
 
     def publish_records(
@@ -108,10 +122,18 @@ class Publisher:
                     progress.update(task, completed=sent)
         self._flush()
 
-    def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
+    def _send(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         while True:
             try:
-                self._producer.produce(topic, value=value, key=key, on_delivery=self._delivered)
+                self._producer.produce(
+                    topic, value=value, key=key, headers=headers, on_delivery=self._delivered
+                )
                 self._producer.poll(0)
                 return
             except BufferError:
@@ -127,6 +149,10 @@ class Publisher:
             raise InfrastructureError(
                 f"{remaining} messages not acknowledged; {'; '.join(self._failures[:3])}"
             )
+
+
+def _signed(signature: bytes) -> list[tuple[str, bytes]]:
+    return [(SIGNATURE_HEADER, signature)]
 
 
 def parse_options(pairs: Iterable[str]) -> dict[str, str]:

@@ -8,37 +8,47 @@ possibly at once); loading runs on the loader's threads.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from bisect import bisect_left
 from collections import Counter, deque
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
 
 from streamserve.codecs.base import DecodedBatch
-from streamserve.descriptor import ModelDescriptor, decode_descriptor
+from streamserve.descriptor import ModelDescriptor
 from streamserve.errors import (
-    DescriptorError,
     NoModelError,
     RejectedInput,
     ScoringError,
+    ScoringTimeoutError,
 )
+from streamserve.formats.archive import ArchiveLimits
 from streamserve.formats.base import FactoryContext, FloatMatrix
 from streamserve.formats.cache import ArtifactCache
 from streamserve.formats.registry import FactoryRegistry
+from streamserve.serving.admission import ModelAdmission
 from streamserve.serving.budget import LiveModels
+from streamserve.serving.deadline import CallOverran, TimedCalls
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.loader import LoadJob, ModelLoader
 from streamserve.serving.outcome import BatchOutcome, RecordError
 from streamserve.serving.routing import KeyRouter, routed_batch
-from streamserve.serving.scoring import ModelScoring
+from streamserve.serving.scoring import ModelCall, ModelScoring
 from streamserve.serving.slot import ModelSlot, Rejection, ServedModel
 from streamserve.settings import ServingSettings
 
 # Upper bounds of the batch-size histogram; the last bucket takes every larger batch.
 BATCH_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 1 << 62)
 MAX_KEYLESS_REJECTIONS = 1000
+# a batch is scored again after each model that overran the deadline is taken out of service;
+# past this many stuck models in one batch, its records fail with the time limit
+MAX_SCORING_ATTEMPTS = 4
+
+log = logging.getLogger(__name__)
 
 
 class ServingCore:
@@ -59,6 +69,7 @@ class ServingCore:
     ) -> None:
         self._settings = settings
         self._router = router
+        self._admission = ModelAdmission(settings.security)  # first: bad keys stop startup
         self._registry = registry or FactoryRegistry(
             FactoryContext(
                 threads_per_model=settings.threads_per_model,
@@ -67,6 +78,9 @@ class ServingCore:
                     ArtifactCache(settings.artifact_cache_dir, settings.artifact_cache_max_bytes)
                     if settings.artifact_cache_dir is not None
                     else None
+                ),
+                archive_limits=ArchiveLimits(
+                    settings.security.max_unpacked_bytes, settings.security.max_archive_members
                 ),
             )
         )
@@ -87,10 +101,17 @@ class ServingCore:
             model_roots=[Path(root) for root in settings.model_roots],
             threads=settings.loader_threads,
             live=self.live_models,
+            load_timeout_s=settings.load_timeout_s,
+            probe_timeout_s=settings.probe_timeout_s,
         )
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
         self._scoring = ModelScoring(settings, self.live_models, self._events, self._count)
+        self._scoring_calls = TimedCalls("scoring")
+
+    @property
+    def settings(self) -> ServingSettings:
+        return self._settings
 
     def __enter__(self) -> ServingCore:
         return self
@@ -99,15 +120,31 @@ class ServingCore:
         self.close()
 
     # --- models --------------------------------------------------------------------------------
-    def submit_model_message(self, payload: bytes, origin: str = "") -> ModelDescriptor | None:
-        """Decodes a model message and loads it off-path; a bad message becomes a rejection."""
+    def submit_model_message(
+        self, payload: bytes, origin: str = "", signature: bytes | None = None
+    ) -> ModelDescriptor | None:
+        """Admits a model message (its size; its ``signature`` when trusted keys are set:
+        :mod:`streamserve.serving.admission`), decodes it and loads it off-path; a refused or
+        bad message becomes a rejection."""
         try:
-            descriptor = decode_descriptor(payload)
-        except DescriptorError as err:
+            descriptor = self._admission.admit(payload, signature)
+        except RejectedInput as err:
             self.reject_model_message(err, origin)
             return None
         self.submit_model(descriptor, origin)
         return descriptor
+
+    def submit_tombstone(
+        self, key: bytes, origin: str = "", signature: bytes | None = None
+    ) -> bool:
+        """A models-stream tombstone: unloads ``key`` if admitted (signed, when trusted keys
+        are set), else rejects it. Whether a key was unloaded."""
+        try:
+            self._admission.admit_tombstone(key, signature)
+        except RejectedInput as err:
+            self.reject_model_message(err, origin)
+            return False
+        return self.unload(key.decode("utf-8", "replace"), origin)
 
     def reject_model_message(self, error: RejectedInput, origin: str = "") -> None:
         """Reports a model message that never became a descriptor (undecodable, unreadable)."""
@@ -240,6 +277,78 @@ class ServingCore:
         Nothing a model or a record does makes this raise: it becomes error records.
         """
         _check_shape(batch)
+        deadline_s = self._settings.scoring_deadline_s
+        if deadline_s is None:
+            outcome = self._score_now(batch, observe, None)
+        else:
+            outcome = self._score_within(batch, observe, deadline_s)
+        outcome.record_stats()
+        self._count_batch(batch, outcome)
+        return outcome
+
+    def _score_within(self, batch: DecodedBatch, observe: bool, deadline_s: float) -> BatchOutcome:
+        """Scores ``batch`` on a worker, waiting at most ``deadline_s``. A model call that
+        overruns is left running; its model is taken out of service (stream records only) and
+        the batch is scored again, from the start, without it: the abandoned attempt's outcome
+        is never used, so no record is scored twice into the output."""
+        for _ in range(MAX_SCORING_ATTEMPTS):
+            cancelled = threading.Event()
+            try:
+                return self._scoring_calls.call(
+                    lambda: self._score_now(batch, observe, cancelled),  # noqa: B023 - called at once
+                    deadline_s,
+                    f"scoring a batch of {len(batch)} records",
+                )
+            except CallOverran as overran:
+                cancelled.set()
+                if not self._scoring_calls.abandon(overran):  # it returned just now
+                    if overran.call.error is not None:
+                        raise overran.call.error from None
+                    return cast(BatchOutcome, overran.call.result)
+                stuck = self._scoring.model_call_on(overran.call.worker)
+                self._count(model_calls_overran=1)
+                if stuck is None or not observe:
+                    return self._timed_out(batch, stuck, deadline_s)
+                self._quarantine_stuck(stuck, deadline_s)
+        return self._timed_out(batch, None, deadline_s)
+
+    def _quarantine_stuck(self, stuck: ModelCall, deadline_s: float) -> None:
+        identity, key = stuck.served.identity, stuck.slot.key
+        reason = (
+            f"model {identity.name!r} of key {key!r} did not return from scoring "
+            f"{stuck.records} records within {deadline_s:g} s; the call is left running (a call "
+            "into a model library cannot be interrupted) and the model is out of service"
+        )
+        log.error("%s", reason)
+        self._scoring.quarantine(stuck.slot, stuck.served, reason, ScoringTimeoutError.kind)
+
+    def _timed_out(
+        self, batch: DecodedBatch, stuck: ModelCall | None, deadline_s: float
+    ) -> BatchOutcome:
+        """Every record of ``batch`` failed with the time limit (decoding errors kept)."""
+        where = (
+            "in no model call"
+            if stuck is None
+            else f"in model {stuck.served.identity.name!r} of key {stuck.slot.key!r}"
+        )
+        error = ScoringTimeoutError(
+            f"scoring the batch did not finish within {deadline_s:g} s (stuck {where})"
+        )
+        log.error("%s", error)
+        outcome = BatchOutcome(batch.records)
+        for row in range(len(batch)):
+            decoding = batch.errors.get(row)
+            if decoding is not None:
+                outcome.errors.append(RecordError(row, decoding.kind, str(decoding)))
+                continue
+            key = batch.keys[row]
+            model = stuck.served.identity if stuck and stuck.slot.key == key else None
+            outcome.errors.append(RecordError(row, error.kind, str(error), key, model))
+        return outcome
+
+    def _score_now(
+        self, batch: DecodedBatch, observe: bool, cancelled: threading.Event | None
+    ) -> BatchOutcome:
         outcome = BatchOutcome(batch.records)
         for row, error in batch.errors.items():
             outcome.errors.append(RecordError(row, error.kind, str(error)))
@@ -247,6 +356,8 @@ class ServingCore:
             batch = routed_batch(self._router, batch, outcome)
         with_gaps = _keys_with_gaps(batch)
         for key, rows in batch.rows_by_key().items():
+            if cancelled is not None and cancelled.is_set():
+                break  # abandoned past the deadline: nobody reads this outcome
             complete = key not in with_gaps
             try:
                 self._score_key(key, rows, batch, outcome, complete=complete, observe=observe)
@@ -254,6 +365,9 @@ class ServingCore:
                 outcome.drop_rows(rows)
                 reason = f"scoring the records of key {key!r} failed: {type(err).__name__}: {err}"
                 outcome.fail_rows(rows, ScoringError(reason), key, None)
+        return outcome
+
+    def _count_batch(self, batch: DecodedBatch, outcome: BatchOutcome) -> None:
         kinds = Counter(f"errors.{error.kind}" for error in outcome.errors)
         bucket = BATCH_SIZE_BUCKETS[bisect_left(BATCH_SIZE_BUCKETS, len(batch))]
         size_bucket = f"batch_size_le.{bucket}"
@@ -265,7 +379,6 @@ class ServingCore:
             **{size_bucket: 1},
             **kinds,
         )
-        return outcome
 
     def count_internal_error(self) -> None:
         """Counts a record that failed in a way no step foresaw (the runtime's last resort)."""
@@ -320,8 +433,20 @@ class ServingCore:
                 served, slot, rows, (names, values), batch, outcome, complete, observe
             )
 
+    @property
+    def artifact_cache_failures(self) -> int:
+        """Times the artifact cache could not be written (a full or read-only disk)."""
+        cache = self._registry.context.cache
+        return 0 if cache is None else cache.failures
+
+    @property
+    def overrunning_calls(self) -> int:
+        """Model calls still running past their time limit (threads lost to stuck models)."""
+        return len(self._scoring_calls.overrunning) + self._loader.overrunning_calls
+
     def close(self) -> None:
         self._loader.close()
+        self._scoring_calls.close()
         for slot in self.slots():
             slot.close()
 

@@ -29,9 +29,10 @@ from streamserve.formats.artifact import (
     path_digest,
     resolve_location,
 )
-from streamserve.formats.base import InputSpec, LoadRequest, Model
+from streamserve.formats.base import FloatMatrix, InputSpec, LoadRequest, Model
 from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.budget import LiveModels
+from streamserve.serving.deadline import CallOverran, TimedCalls
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.features import map_features
 from streamserve.serving.named_inputs import with_feature_names
@@ -85,8 +86,13 @@ class ModelLoader:
         model_roots: Sequence[Path] = (),
         threads: int = 1,
         live: LiveModels | None = None,
+        load_timeout_s: float = 300.0,
+        probe_timeout_s: float = 10.0,
     ) -> None:
         self._registry = registry
+        self._load_timeout_s = load_timeout_s
+        self._probe_timeout_s = probe_timeout_s
+        self._calls = TimedCalls("model-load")
         self._live = live or LiveModels()
         self._events = events
         self._slots = slots
@@ -124,6 +130,7 @@ class ModelLoader:
             self._closed = True
         for _ in self._workers:
             self._jobs.put(None)
+        self._calls.close()
         deadline = time.monotonic() + timeout_s
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -168,9 +175,12 @@ class ModelLoader:
             descriptor = _with_location_digest(descriptor, artifact)
             model = self._load(descriptor, artifact)
             try:
-                value_type = validate(model, self._slots.find_slot(key), descriptor)
-            except BaseException:
-                model.close()
+                value_type = validate(
+                    model, self._slots.find_slot(key), descriptor, self._probe(model, descriptor)
+                )
+            except BaseException as err:
+                if not isinstance(err.__cause__, CallOverran):  # else closed once it returns
+                    model.close()
                 raise
         except Exception as err:  # noqa: BLE001 - plug-in factories may raise anything
             self._reject(key, job, err)
@@ -229,9 +239,20 @@ class ModelLoader:
             context=self._registry.context,
         )
         try:
-            model = factory.load(request)
+            model = self._calls.call(
+                lambda: factory.load(request),
+                self._load_timeout_s,
+                f"loading model {descriptor.name!r}",
+            )
         except RejectedInput:
             raise
+        except CallOverran as err:
+            self._calls.abandon(err, _close_when_returned)
+            raise ModelLoadError(
+                f"the {factory.format_name} factory did not load model {descriptor.name!r} "
+                f"within {self._load_timeout_s:g} s (serving.load_timeout_s); the load is left "
+                "running and its model closed if it ever returns"
+            ) from err
         except SystemExit as err:  # a library calling sys.exit() rejects this model, not all
             raise ModelLoadError(
                 f"{factory.format_name} factory raised SystemExit({err.code!r})"
@@ -244,6 +265,31 @@ class ModelLoader:
                 "not a Model with an InputSpec"
             )
         return with_feature_names(model, descriptor.options, descriptor.name)
+
+    def _probe(self, model: Model, descriptor: ModelDescriptor) -> Callable[[FloatMatrix], object]:
+        """Scores a probe batch with the probe time limit: a model that overruns it is left
+        running, rejected, and closed once its call returns."""
+
+        def probe(rows: FloatMatrix) -> object:
+            try:
+                return self._calls.call(
+                    lambda: model.score_batch(rows),
+                    self._probe_timeout_s,
+                    f"probing model {descriptor.name!r}",
+                )
+            except CallOverran as err:
+                self._calls.abandon(err, lambda _result, _error: model.close())
+                raise ModelValidationError(
+                    f"model {descriptor.name!r} did not score a probe batch of {len(rows)} rows "
+                    f"within {self._probe_timeout_s:g} s (serving.probe_timeout_s)"
+                ) from err
+
+        return probe
+
+    @property
+    def overrunning_calls(self) -> int:
+        """Loads and probes still running past their time limit."""
+        return len(self._calls.overrunning)
 
     def _artifact(self, descriptor: ModelDescriptor) -> Artifact:
         if descriptor.data is not None:
@@ -293,13 +339,25 @@ def _identity(descriptor: ModelDescriptor, sequence: int) -> ModelIdentity:
     )
 
 
-def validate(model: Model, slot: ModelSlot | None, descriptor: ModelDescriptor) -> ValueType:
+def _close_when_returned(result: object, _error: BaseException | None) -> None:
+    """The late result of an abandoned load: a model nobody will serve."""
+    if isinstance(result, Model):
+        result.close()
+
+
+def validate(
+    model: Model,
+    slot: ModelSlot | None,
+    descriptor: ModelDescriptor,
+    score_probe: Callable[[FloatMatrix], object] | None = None,
+) -> ValueType:
     """Raises :class:`ModelValidationError` if ``model`` cannot serve its key's records.
 
     The checks are serving's own: the inputs map onto the columns the key's records carry (a
     positional model onto the key's fixed field order), and a probe batch (recent real rows of
     the key, else zeros) scores into output that serving and encoding accept, of its declared
     value type if any. Returns the model's value type (the key's is checked when it stages).
+    ``score_probe`` scores the probe batch (with a time limit); by default the model itself.
     """
     name = descriptor.name
     spec = model.inputs
@@ -330,7 +388,9 @@ def validate(model: Model, slot: ModelSlot | None, descriptor: ModelDescriptor) 
         if len(schema.sample):
             probe = schema.sample[:, mapping.columns]
     try:
-        output = model.score_batch(probe)
+        output = (score_probe or model.score_batch)(probe)
+    except ModelValidationError:
+        raise
     except (Exception, SystemExit) as err:  # sys.exit() in a model library rejects the model
         raise ModelValidationError(
             f"model {name!r} raised scoring a probe batch of {len(probe)} rows: {err}"

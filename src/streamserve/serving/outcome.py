@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +44,15 @@ class BatchOutcome:
     records: Sequence[InputRecord]
     groups: list[ScoredGroup] = field(default_factory=list)
     errors: list[RecordError] = field(default_factory=list)
+    # per-model statistics of this outcome, recorded once it is accepted: a scoring attempt
+    # abandoned past its deadline must not count what it scored
+    stats_updates: list[Callable[[], None]] = field(default_factory=list)
+
+    def record_stats(self) -> None:
+        """Records the per-model statistics of this outcome (once)."""
+        updates, self.stats_updates = self.stats_updates, []
+        for update in updates:
+            update()
 
     def fail_rows(
         self,

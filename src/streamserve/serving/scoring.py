@@ -8,8 +8,11 @@ records fail), checks the outputs as validation did, and quarantines a model tha
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import numpy.typing as npt
@@ -33,6 +36,15 @@ from streamserve.settings import ServingSettings
 QUARANTINE_MIN_BATCHES = 3  # failing batches in a row, beside the records, before a quarantine
 
 
+@dataclass(frozen=True, slots=True)
+class ModelCall:
+    """A model scoring a key's records, as a deadline sees it when the call overruns."""
+
+    slot: ModelSlot
+    served: ServedModel
+    records: int
+
+
 class ModelScoring:
     """Scores the rows of one key with the model leased for the batch; one result or one error
     for every row. Thread-safe: the runtime and the API score through it at once."""
@@ -48,6 +60,13 @@ class ModelScoring:
         self._live_models = live_models
         self._events = events
         self._count = count
+        self._model_calls: dict[int, ModelCall] = {}  # thread ident -> the model it calls
+
+    def model_call_on(self, thread: threading.Thread | None) -> ModelCall | None:
+        """The model call ``thread`` is in, if it is in one."""
+        if thread is None or thread.ident is None:
+            return None
+        return self._model_calls.get(thread.ident)
 
     def score(
         self,
@@ -162,6 +181,8 @@ class ModelScoring:
         key = slot.key
         started = time.perf_counter()
         model_failures = 0  # records the model raised on (not values it gave for one record)
+        thread = threading.get_ident()
+        self._model_calls[thread] = ModelCall(slot, served, len(rows))
         try:
             with served.instance() as model:
                 try:
@@ -177,11 +198,13 @@ class ModelScoring:
         except ScoringError as err:  # the evicted instance could not be made again
             self._fail(outcome, rows, err, key, served)
             rows, model_failures = rows[:0], len(rows)
+        finally:
+            del self._model_calls[thread]
         self._live_models.touch(served)
         elapsed = time.perf_counter() - started
         if len(rows):
             served.consecutive_failures = served.failing_batches = 0
-            served.stats.record_batch(len(rows), elapsed)
+            outcome.stats_updates.append(partial(served.stats.record_batch, len(rows), elapsed))
             outcome.groups.append(
                 ScoredGroup(key, served.identity, rows, scored, elapsed / len(rows))
             )
@@ -199,7 +222,11 @@ class ModelScoring:
             served.consecutive_failures >= self._settings.quarantine_after_failures
             and served.failing_batches >= QUARANTINE_MIN_BATCHES
         ):
-            self._quarantine(slot, served, last_reason)
+            reason = (
+                f"quarantined after {served.consecutive_failures} records in a row failed to "
+                f"score; the last: {last_reason}"
+            )
+            self.quarantine(slot, served, reason, "quarantined")
 
     def _checked(self, output: object, rows: int, served: ServedModel) -> PublishableOutput:
         """The output if it is publishable and of the model's value type; raises otherwise."""
@@ -267,7 +294,7 @@ class ModelScoring:
         key: str,
         served: ServedModel,
     ) -> None:
-        served.stats.record_errors(len(rows))
+        outcome.stats_updates.append(partial(served.stats.record_errors, len(rows)))
         outcome.fail_rows(rows, error, key, served.identity)
 
     def _fail_incomplete(
@@ -283,14 +310,11 @@ class ModelScoring:
             absent = tuple(name for name, gone in zip(names, missing, strict=True) if gone)
             self._fail(outcome, np.array([row]), missing_features_error(absent), key, served)
 
-    def _quarantine(self, slot: ModelSlot, served: ServedModel, last_reason: str) -> None:
-        """Takes a model that keeps failing out of service; its previous model serves again."""
+    def quarantine(self, slot: ModelSlot, served: ServedModel, reason: str, kind: str) -> None:
+        """Takes a model that keeps failing (or hangs) out of service; its previous model
+        serves again."""
         identity = served.identity
-        reason = (
-            f"quarantined after {served.consecutive_failures} records in a row failed to "
-            f"score; the last: {last_reason}"
-        )
-        rejection = Rejection(slot.key, identity.name, identity.version, "quarantined", reason)
+        rejection = Rejection(slot.key, identity.name, identity.version, kind, reason)
         taken, restored = slot.quarantine(served, rejection)
         if not taken:
             return  # another thread changed the key's model first
@@ -304,6 +328,6 @@ class ModelScoring:
                 identity.name,
                 identity.version,
                 reason=reason,
-                error_kind="quarantined",
+                error_kind=kind,
             )
         )

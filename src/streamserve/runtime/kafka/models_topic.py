@@ -3,6 +3,8 @@
 The topic (compacted, keyed by data type) is read with ``assign`` from the beginning, so any
 replica can serve any key: at startup up to its end (the latest model of each key is loaded
 before the first record is scored), then followed between batches. A tombstone unloads its key.
+A message's ``streamserve-signature`` header goes to the core with it, which checks it when
+signing is on (``serving.security.trusted_keys``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from streamserve.descriptor.signing import signature_header
 from streamserve.errors import InfrastructureError
 from streamserve.runtime.kafka.clients import KafkaClients, is_partition_end
 from streamserve.serving.core import ServingCore
@@ -179,14 +182,15 @@ class ModelsTopicReader:
         """Hands a model message to the core: how many models it submitted for loading."""
         origin = position_of(message)
         payload = message.value()
+        signature = signature_header(message.headers())
         if payload is not None:
-            return int(self._core.submit_model_message(payload, origin) is not None)
+            return int(self._core.submit_model_message(payload, origin, signature) is not None)
         # A tombstone deletes its key's model from the compacted topic: unload the key too.
         key = message.key()
         if key is None:
             log.warning("ignored a tombstone without a key at %s", origin)
             return 0
-        self._core.unload(key.decode("utf-8", "replace"), origin)
+        self._core.submit_tombstone(key, origin, signature)
         return 0
 
     def close(self) -> None:
