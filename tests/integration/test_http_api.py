@@ -23,7 +23,7 @@ from streamserve.serving.core import ServingCore
 from streamserve.settings import ApiSettings, ServingSettings
 from streamserve.testing import FunctionFactory, GatedFactory
 
-TOKEN = "s3cret-token-of-the-tests"
+TOKEN = "s3cret-token-of-the-tests-0123456789"  # 32+ characters, as api.admin_token needs
 
 
 @contextmanager

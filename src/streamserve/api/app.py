@@ -3,7 +3,9 @@
 Built per server from a core and settings (nothing global), so two servers can share a process.
 Routes raise errors of the tree; the exception handlers here are the one place that gives them
 HTTP statuses. Every failure answers ``{"error": message}``: a refused request with its 4xx
-status, an unexpected exception with 500 (the server logs it and keeps serving).
+status, a model that overran the scoring deadline with 504, an unexpected exception with 500
+(the server logs it and keeps serving). A body that is too large or too slow is refused by
+:class:`~streamserve.api.limits.BodyLimits` around the routes.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from http import HTTPStatus
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from streamserve.api.endpoints import Endpoints, OrjsonResponse
+from streamserve.api.limits import BodyLimits
 from streamserve.errors import (
     AccessDeniedError,
     InvalidRequestError,
@@ -25,8 +29,12 @@ from streamserve.errors import (
     NotFoundError,
     NothingToRollBackError,
     RequestError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    ScoringTimeoutError,
 )
 from streamserve.serving.core import ServingCore
+from streamserve.settings import ApiSettings
 
 # The status of each refused request: its class's nearest ancestor here wins.
 REQUEST_ERROR_STATUS: dict[type[RequestError], HTTPStatus] = {
@@ -36,25 +44,46 @@ REQUEST_ERROR_STATUS: dict[type[RequestError], HTTPStatus] = {
     AccessDeniedError: HTTPStatus.FORBIDDEN,
     NotFoundError: HTTPStatus.NOT_FOUND,
     NothingToRollBackError: HTTPStatus.CONFLICT,
+    RequestTooLargeError: HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+    RequestTimeoutError: HTTPStatus.REQUEST_TIMEOUT,
 }
+# Refusals that leave a request body unread: the connection closes, or uvicorn would go on
+# reading (and discarding) whatever the client sends next.
+CLOSING_ERRORS = (RequestTooLargeError, RequestTimeoutError)
+CLOSE = {"connection": "close"}
 
 
 def build_app(
     core: ServingCore,
     *,
     admin_token: str | None = None,
+    settings: ApiSettings | None = None,
     is_ready: Callable[[], bool] = lambda: True,
     consumer_lag: Callable[[], int | None] | None = None,
 ) -> Starlette:
-    """The HTTP API over ``core``; admin actions need ``admin_token`` (``None``: disabled)."""
+    """The HTTP API over ``core``; admin actions need ``admin_token`` (``None``: disabled).
+    ``settings`` gives the request limits (default: :class:`ApiSettings`' defaults)."""
+    limits = settings or ApiSettings()
     endpoints = Endpoints(
-        core, admin_token=admin_token, is_ready=is_ready, consumer_lag=consumer_lag
+        core,
+        admin_token=admin_token,
+        is_ready=is_ready,
+        consumer_lag=consumer_lag,
+        inference_threads=limits.inference_threads,
+    )
+    body_limits = Middleware(
+        BodyLimits,
+        max_body_bytes=limits.max_body_bytes,
+        body_timeout_s=limits.body_timeout_s,
+        refuse=refusal,
     )
     return Starlette(
         routes=_routes(endpoints),
+        middleware=[body_limits],
         exception_handlers={
             RequestError: refused,
             HTTPException: refused,  # Starlette's own: no such route, a method not allowed
+            ScoringTimeoutError: timed_out,
             Exception: failed,
         },
     )
@@ -92,13 +121,25 @@ def error_response(message: str, status: int, headers: Mapping[str, str] | None 
     return OrjsonResponse({"error": message}, status, headers)
 
 
+def refusal(error: RequestError) -> Response:
+    """The answer to a refused request: its status, and its reason as ``{"error": ...}``."""
+    headers = CLOSE if isinstance(error, CLOSING_ERRORS) else None
+    return error_response(str(error), status_of(error), headers)
+
+
 async def refused(request: Request, exc: Exception) -> Response:
     """A request refused by a route (an error of the tree) or by Starlette's routing."""
     if isinstance(exc, HTTPException):
         return error_response(exc.detail, exc.status_code, exc.headers)
     if isinstance(exc, RequestError):
-        return error_response(str(exc), status_of(exc))
+        return refusal(exc)
     return await failed(request, exc)
+
+
+async def timed_out(request: Request, exc: Exception) -> Response:
+    """A model that did not score a request's rows within the scoring deadline: 504, the
+    server's own time limit (the request itself may be fine)."""
+    return error_response(str(exc), HTTPStatus.GATEWAY_TIMEOUT)
 
 
 async def failed(request: Request, exc: Exception) -> Response:
@@ -109,4 +150,4 @@ async def failed(request: Request, exc: Exception) -> Response:
     announces, so that a keep-alive client does not send its next request into a closed socket.
     """
     message = f"internal error in {request.method} {request.url.path}: {type(exc).__name__}: {exc}"
-    return error_response(message, HTTPStatus.INTERNAL_SERVER_ERROR, {"connection": "close"})
+    return error_response(message, HTTPStatus.INTERNAL_SERVER_ERROR, CLOSE)

@@ -11,9 +11,9 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
+import anyio
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -30,6 +30,7 @@ from streamserve.errors import (
 )
 from streamserve.serving.core import ServingCore
 from streamserve.serving.slot import ModelSlot
+from streamserve.settings import admin_token_problem
 
 
 class OrjsonResponse(JSONResponse):
@@ -44,7 +45,9 @@ class Endpoints:
     Open Inference Protocol and admin actions.
 
     Admin actions need ``Authorization: Bearer <admin token>`` (compared in constant time) and
-    are refused to everyone when no token is set; an empty token is a configuration error.
+    are refused to everyone when no token is set; an empty or weak token is a configuration
+    error. At most ``inference_threads`` V2 requests are parsed and scored at once: a parsed
+    request takes about ten times its body's size in memory, so this bounds what they hold.
     """
 
     def __init__(
@@ -54,15 +57,19 @@ class Endpoints:
         admin_token: str | None = None,
         is_ready: Callable[[], bool] = lambda: True,
         consumer_lag: Callable[[], int | None] | None = None,
+        inference_threads: int = 2,
     ) -> None:
-        if admin_token is not None and not admin_token.strip():
+        problem = None if admin_token is None else admin_token_problem(admin_token)
+        if problem is not None:
+            kind = "empty" if not admin_token else "too weak"
             raise ConfigurationError(
-                "the admin token is empty: set a token, or none to disable admin"
+                f"the admin token is {kind}: {problem}; or set none to disable admin actions"
             )
         self._core = core
-        self._admin_token = admin_token
+        self._admin_token = None if admin_token is None else admin_token.encode()
         self._is_ready = is_ready
         self._registry = metrics_registry(core, consumer_lag)
+        self._inference_limiter = anyio.CapacityLimiter(inference_threads)
 
     # --- Open Inference Protocol -------------------------------------------------------------
     async def server_metadata(self, request: Request) -> Response:
@@ -87,13 +94,21 @@ class Endpoints:
         return OrjsonResponse({"name": name, "ready": ok}, 200 if ok else 400)
 
     async def infer(self, request: Request) -> Response:
-        """Scores on a worker thread: a batch must not hold up the event loop."""
+        """Parses and scores on a worker thread, ``inference_threads`` at a time: a batch must
+        not hold up the event loop, and parsed requests must not pile up in memory."""
+        body = await request.body()  # BodyLimits bounds it
+        name = request.path_params["name"]
+        answer = await anyio.to_thread.run_sync(
+            self._parse_and_score, name, body, limiter=self._inference_limiter
+        )
+        return OrjsonResponse(answer)
+
+    def _parse_and_score(self, name: str, body: bytes) -> dict[str, Any]:
         try:
-            body = orjson.loads(await request.body())
+            document = orjson.loads(body)
         except orjson.JSONDecodeError as err:
             raise InvalidRequestError(f"the request body is not JSON: {err}") from err
-        name = request.path_params["name"]
-        return OrjsonResponse(await run_in_threadpool(v2.infer, self._core, name, body))
+        return v2.infer(self._core, name, document)
 
     # --- serving state -----------------------------------------------------------------------
     async def keys(self, request: Request) -> Response:
@@ -138,7 +153,7 @@ class Endpoints:
             raise AdminDisabledError("admin actions are disabled: no admin token is configured")
         scheme, _, offered = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            offered.strip().encode(), self._admin_token.encode()
+            offered.strip().encode(), self._admin_token
         ):
             raise NotAuthenticatedError("admin actions need 'Authorization: Bearer <admin token>'")
         return self._slot(request)

@@ -66,6 +66,21 @@ class ServingCollector(Collector):
             "Idle model instances evicted by the live-model budget",
             value=live.evictions,
         )
+        yield CounterMetricFamily(
+            "streamserve_model_calls_overran",
+            "Model scoring calls that overran serving.scoring_deadline_s (each left running)",
+            value=counts.get("model_calls_overran", 0),
+        )
+        yield CounterMetricFamily(
+            "streamserve_artifact_cache_failures",
+            "Times the artifact cache could not be written; loads went on without it",
+            value=self._core.artifact_cache_failures,
+        )
+        yield GaugeMetricFamily(
+            "streamserve_overrunning_model_calls",
+            "Model calls (scoring, loading, probes) still running past their time limit",
+            value=self._core.overrunning_calls,
+        )
 
 
 def _record_totals(counts: Mapping[str, int]) -> Iterator[Metric]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -9,18 +11,27 @@ from collections.abc import Callable
 import uvicorn
 
 from streamserve.api.app import build_app
+from streamserve.api.protocol import head_deadline_protocol
+from streamserve.api.tls import tls_options
 from streamserve.errors import InfrastructureError
 from streamserve.serving.core import ServingCore
 from streamserve.settings import ApiSettings
 
 STARTUP_TIMEOUT_S = 30.0
 
+log = logging.getLogger(__name__)
+
 
 class ApiServer:
     """The HTTP API of one core, served by uvicorn on a daemon thread beside the runtime.
 
-    :meth:`start` returns once the socket listens (port 0 takes a free port: read :attr:`port`).
-    The core belongs to the runtime: stopping the server leaves it open.
+    The settings' limits hold: request heads (arrival time, see
+    :class:`~streamserve.api.protocol.HeadDeadlineProtocol`), request bodies (size and arrival
+    time, see :class:`~streamserve.api.limits.BodyLimits`), open connections (uvicorn's
+    ``limit_concurrency``: beyond it, 503), and with certificate files the API speaks HTTPS
+    only. Bad certificate files raise :class:`~streamserve.errors.ConfigurationError` here,
+    before anything listens. :meth:`start` returns once the socket listens (port 0 takes a free
+    port: read :attr:`port`). The core belongs to the runtime: stopping the server leaves it open.
     """
 
     def __init__(
@@ -30,14 +41,36 @@ class ApiServer:
         is_ready: Callable[[], bool],
         consumer_lag: Callable[[], int | None] | None = None,
     ) -> None:
+        tls = tls_options(settings)
+        token = settings.admin_token
         app = build_app(
-            core, admin_token=settings.admin_token, is_ready=is_ready, consumer_lag=consumer_lag
+            core,
+            admin_token=None if token is None else token.get_secret_value(),
+            settings=settings,
+            is_ready=is_ready,
+            consumer_lag=consumer_lag,
         )
         config = uvicorn.Config(
-            app, host=settings.host, port=settings.port or 0, log_level="warning", lifespan="off"
+            app,
+            host=settings.host,
+            port=settings.port or 0,
+            log_level="warning",
+            lifespan="off",
+            http=head_deadline_protocol(settings.header_timeout_s),
+            ws="none",  # no route takes a WebSocket
+            limit_concurrency=settings.max_connections,
+            **tls,
         )
+        self._settings = settings
+        self._scheme = "https" if tls else "http"
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="http-api", daemon=True)
+        if token is not None and not tls and not _is_loopback(settings.host):
+            log.warning(
+                "admin actions are enabled over plain HTTP on %s: the admin token crosses the "
+                "network in clear text; set api.tls_certfile and api.tls_keyfile",
+                settings.host,
+            )
 
     def start(self) -> None:
         self._thread.start()
@@ -52,6 +85,24 @@ class ApiServer:
         (server,) = self._server.servers
         return int(server.sockets[0].getsockname()[1])
 
+    @property
+    def url(self) -> str:
+        """The API's base URL, ``https`` when it speaks TLS."""
+        host = self._settings.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"{self._scheme}://{shown}:{self.port}"
+
     def stop(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (a name other than localhost is
+    taken as reachable from elsewhere)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ssl
 import urllib.error
 import urllib.request
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -16,9 +18,25 @@ from streamserve.serving.slot import ModelRole
 FETCH_TIMEOUT_S = 10.0
 
 
-def print_status(console: Console, url: str) -> int:
+def print_status(
+    console: Console,
+    url: str,
+    *,
+    ca_file: Path | None = None,
+    client_cert: Path | None = None,
+) -> int:
+    """Prints the statistics table of the server at ``url``; 2 if it cannot be read.
+
+    An ``https`` URL is verified against ``ca_file`` (default: the system's CA certificates,
+    or ``SSL_CERT_FILE``); ``client_cert`` (a PEM file holding the key and the certificate) is
+    presented to a server that asks for one (``api.tls_ca_certs``).
+    """
     try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/keys", timeout=FETCH_TIMEOUT_S) as reply:  # noqa: S310 - the operator's URL
+        context = ssl.create_default_context(cafile=ca_file)
+        if client_cert is not None:
+            context.load_cert_chain(client_cert)
+        target = f"{url.rstrip('/')}/keys"
+        with urllib.request.urlopen(target, timeout=FETCH_TIMEOUT_S, context=context) as reply:  # noqa: S310 - the operator's URL
             state = orjson.loads(reply.read())
     except (urllib.error.URLError, OSError, orjson.JSONDecodeError) as err:
         console.print(f"streamserve: cannot read the serving state from {url}: {err}")

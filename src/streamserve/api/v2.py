@@ -5,7 +5,8 @@ the stream uses. A request carries either one 2-D input tensor ``[rows, features
 or named by the model's input names in order) or one 1-D/``[rows, 1]`` tensor per named feature.
 A request that cannot be answered raises a :class:`~streamserve.errors.RequestError`; the app's
 exception handlers answer it with ``{"error": "..."}`` and a 4xx status, as the specification
-shapes errors.
+shapes errors. A model that overran the scoring deadline raises
+:class:`~streamserve.errors.ScoringTimeoutError` (504): the request may be fine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from streamserve.codecs.base import DecodedBatch, InputRecord
-from streamserve.errors import InvalidRequestError, ModelNotFoundError
+from streamserve.errors import InvalidRequestError, ModelNotFoundError, ScoringTimeoutError
 from streamserve.formats.base import InputSpec
 from streamserve.serving.core import ServingCore
 from streamserve.serving.output import ValueType
@@ -94,7 +95,8 @@ def model_metadata(core: ServingCore, name: str) -> dict[str, Any]:
 
 def infer(core: ServingCore, name: str, request: Any) -> dict[str, Any]:
     """Scores the request's rows with the key's model, as one batch; a row the model cannot
-    score refuses the request (:class:`InvalidRequestError`, naming the first such row)."""
+    score refuses the request (:class:`InvalidRequestError`, naming the first such row), and a
+    model that did not score within the scoring deadline fails it (:class:`ScoringTimeoutError`)."""
     served = current_model(core, name)
     names, values, positional = _features(request, served.inputs)
     records = [InputRecord(b"", position=f"v2:{row}") for row in range(len(values))]
@@ -102,6 +104,9 @@ def infer(core: ServingCore, name: str, request: Any) -> dict[str, Any]:
     outcome = core.score(batch, observe=False)  # requests are not the key's stream records
     if outcome.errors:
         first = min(outcome.errors, key=lambda error: error.row)
+        timed_out = [error for error in outcome.errors if error.kind == ScoringTimeoutError.kind]
+        if timed_out:
+            raise ScoringTimeoutError(f"model {name!r}: {timed_out[0].reason}")
         raise InvalidRequestError(f"row {first.row}: {first.reason}")
     if outcome.groups:
         (group,) = outcome.groups

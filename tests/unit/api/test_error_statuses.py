@@ -24,6 +24,8 @@ def request_errors(cls: type[RequestError] = RequestError) -> list[type[RequestE
         (errors.ModelNotFoundError, 404),
         (errors.NotFoundError, 404),
         (errors.NothingToRollBackError, 409),
+        (errors.RequestTooLargeError, 413),
+        (errors.RequestTimeoutError, 408),
         (errors.RequestError, 400),
     ],
 )
