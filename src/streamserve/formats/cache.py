@@ -20,10 +20,15 @@ Several processes and threads may share one cache. The rules that make this safe
   for ``stale_after_s``: left by a crashed process) are removed.
 
 Directory entries beyond ``max_bytes`` are removed least recently used first; entries being read
-stay, so the cache may exceed ``max_bytes`` while they are in use. A cache that cannot be written
-(read-only or full disk) does not fail a load: the archive is unpacked to a temporary directory.
-The cache directory is trusted like the model roots are: the operator gives it, and it is created
-readable by its owner only.
+stay, so the cache may exceed ``max_bytes`` while they are in use. The cache directory is trusted
+like the model roots are: the operator gives it, and it is created readable by its owner only.
+
+A cache that cannot be written (a read-only or full disk, a directory it may not create) never
+fails a load: the archive is unpacked to a temporary directory instead, and a passed check is
+not remembered across restarts. Entries already built are still read. Such a fault is logged as
+one warning naming the directory and the OS error; for ``retry_after_s`` after it, loads do not
+write to the cache (no archive is unpacked twice while the disk stays full); then the cache is
+tried again, and a cache that works again says so. :attr:`ArtifactCache.failures` counts them.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import os
 import shutil
 import stat
 import tempfile
+import threading
 import time
 import uuid
 import weakref
@@ -48,6 +54,11 @@ from streamserve.errors import ModelLoadError
 
 DEFAULT_MAX_BYTES = 10 * 1024**3
 DEFAULT_STALE_AFTER_S = 3600.0
+DEFAULT_RETRY_AFTER_S = 60.0
+# OS errors that say the cache's disk cannot take a write, as opposed to a bad archive.
+DISK_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+)
 _LOOKUP_ATTEMPTS = 5  # each one loses only if other processes prune the entry in between
 
 log = logging.getLogger(__name__)
@@ -105,14 +116,76 @@ def unpack_to_scratch(data: bytes, unpack: Unpack) -> LeasedDirectory:
         raise ModelLoadError(f"cannot create a temporary directory to unpack into: {err}") from err
     try:
         unpack(data, Path(scratch.name))
-    except BaseException:
+    except BaseException as err:
         scratch.cleanup()
-        raise
+        disk_error = _disk_error(err)
+        if disk_error is None:
+            raise
+        raise ModelLoadError(
+            f"cannot unpack the model into the temporary directory {tempfile.gettempdir()} "
+            f"(TMPDIR): {disk_error}"
+        ) from err
     return LeasedDirectory(Path(scratch.name), scratch=scratch)
+
+
+def _disk_error(error: BaseException) -> OSError | None:
+    """The OS error of a disk that cannot take a write (full, read-only, refused) behind
+    ``error``, following its causes; ``None`` if there is none."""
+    seen: set[int] = set()
+    cause: BaseException | None = error
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, OSError) and cause.errno in DISK_ERRNOS:
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 class _CacheUnusableError(Exception):
     """The cache's own disk operations failed (not the caller's unpack)."""
+
+
+class _Faults:
+    """A cache's write faults: one warning when they start, one line when they end, a count,
+    and a pause of ``retry_after_s`` after each during which the cache is not written."""
+
+    def __init__(self, root: Path, retry_after_s: float) -> None:
+        self._root = root
+        self._retry_after_s = retry_after_s
+        self._lock = threading.Lock()
+        self.count = 0
+        self.problem: str | None = None  # the fault now, until a write succeeds again
+        self._paused_until = 0.0
+
+    def writable(self) -> bool:
+        """Whether to try writing now (no fault, or its pause is over)."""
+        return time.monotonic() >= self._paused_until
+
+    def failed(self, reason: str) -> None:
+        with self._lock:
+            self.count += 1
+            self._paused_until = time.monotonic() + self._retry_after_s
+            first = self.problem is None
+            self.problem = reason
+        if first:
+            log.warning(
+                "artifact cache at %s cannot be used (%s): models load without it (archives "
+                "unpacked to temporary directories, passed checks not kept across restarts); "
+                "retried every %.0f s, warned once",
+                self._root,
+                reason,
+                self._retry_after_s,
+            )
+        else:
+            log.debug("artifact cache at %s still cannot be used: %s", self._root, reason)
+
+    def succeeded(self) -> None:
+        if self.problem is None:
+            return
+        with self._lock:
+            problem, self.problem = self.problem, None
+        if problem is not None:
+            log.warning("artifact cache at %s works again (it failed: %s)", self._root, problem)
 
 
 class ArtifactCache:
@@ -124,12 +197,24 @@ class ArtifactCache:
         max_bytes: int = DEFAULT_MAX_BYTES,
         *,
         stale_after_s: float = DEFAULT_STALE_AFTER_S,
+        retry_after_s: float = DEFAULT_RETRY_AFTER_S,
     ) -> None:
         self.root = root
         self.max_bytes = max_bytes
         self.stale_after_s = stale_after_s
         self._unpacked = root / "unpacked"
         self._checks = root / "checks"
+        self._faults = _Faults(root, retry_after_s)
+
+    @property
+    def failures(self) -> int:
+        """Writes to the cache that failed (a full or read-only disk, ...) since it was made."""
+        return self._faults.count
+
+    @property
+    def problem(self) -> str | None:
+        """Why the cache cannot be written now; ``None`` once a write succeeded again."""
+        return self._faults.problem
 
     def unpacked(self, data: bytes, unpack: Unpack) -> LeasedDirectory:
         """The directory ``unpack(data, directory)`` fills, built once per distinct ``data``.
@@ -140,17 +225,21 @@ class ArtifactCache:
         entry = self._unpacked / bytes_digest(data)
         try:
             for _ in range(_LOOKUP_ATTEMPTS):
-                leased = _lease(entry) or self._build(entry, data, unpack)
+                leased = _lease(entry)
+                if leased is None and self._faults.writable():
+                    leased = self._build(entry, data, unpack)
+                elif leased is None:
+                    break  # not written to while a fault pauses it
                 if leased is not None:
                     return leased
-            reason = "its entry was removed by other processes on every attempt"
+            else:
+                log.warning(
+                    "artifact cache at %s not used for a model: its entry was removed by other "
+                    "processes on every attempt; unpacking to a temporary directory",
+                    self.root,
+                )
         except _CacheUnusableError as err:
-            reason = str(err)
-        log.warning(
-            "artifact cache at %s not used (%s): unpacking to a temporary directory",
-            self.root,
-            reason,
-        )
+            self._faults.failed(str(err))
         return unpack_to_scratch(data, unpack)
 
     def has_passed(self, check: str, data: bytes) -> bool:
@@ -159,13 +248,17 @@ class ArtifactCache:
 
     def record_pass(self, check: str, data: bytes) -> None:
         """Remembers that ``data`` passed ``check``; a cache that cannot be written forgets."""
+        if not self._faults.writable():
+            return
         directory = self._checks / check
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             (directory / bytes_digest(data)).touch()
         except OSError as err:
             # The check passed: the load goes on, only the next process checks again.
-            log.warning("cannot write the artifact cache at %s: %s", self.root, err)
+            self._faults.failed(f"cannot record a passed check in {directory}: {err}")
+            return
+        self._faults.succeeded()
 
     def _build(self, entry: Path, data: bytes, unpack: Unpack) -> LeasedDirectory | None:
         """Builds ``entry``, leased; ``None`` if another builder put it in place first."""
@@ -173,7 +266,9 @@ class ArtifactCache:
             self._unpacked.mkdir(mode=0o700, parents=True, exist_ok=True)
             building = Path(tempfile.mkdtemp(prefix=".building-", dir=self._unpacked))
         except OSError as err:
-            raise _CacheUnusableError(f"cannot write it: {err}") from err
+            raise _CacheUnusableError(
+                f"cannot create a directory in {self._unpacked}: {err}"
+            ) from err
         try:
             lock_fd = _open_locked(building, fcntl.LOCK_SH)
         except OSError as err:  # e.g. a file system without flock
@@ -183,16 +278,20 @@ class ArtifactCache:
             raise _CacheUnusableError(f"{building} vanished while being built")
         try:
             unpack(data, building)
-        except BaseException:
+        except BaseException as err:
             _discard(building, lock_fd)
-            raise
+            disk_error = _disk_error(err)
+            if disk_error is None:
+                raise  # the archive's fault: no other directory would take it either
+            raise _CacheUnusableError(f"cannot unpack into {self._unpacked}: {disk_error}") from err
         try:
             building.rename(entry)
         except OSError as err:
             _discard(building, lock_fd)
             if err.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 return None  # another builder won: lease its entry
-            raise _CacheUnusableError(f"cannot write it: {err}") from err
+            raise _CacheUnusableError(f"cannot rename into {self._unpacked}: {err}") from err
+        self._faults.succeeded()
         leased = LeasedDirectory(entry, lock_fd=lock_fd)
         _touch(entry)
         try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import sys
 import threading
 import time
 from collections import deque
@@ -265,9 +266,24 @@ class ModelQueue:
             return messages
 
 
-def open_input(name: str, default: BinaryIO) -> AbstractContextManager[BinaryIO]:
-    """The data file ``name`` opened for reading, or ``default`` (stdin) for ``-``."""
-    return _opened(name, default, "rb", "data file")
+def open_input(name: str) -> AbstractContextManager[BinaryIO]:
+    """The data file ``name`` opened for reading, or the standard input for ``-``."""
+    if name == "-":
+        return _private_stdin()
+    return _opened(name, sys.stdin.buffer, "rb", "data file")
+
+
+@contextmanager
+def _private_stdin() -> Iterator[BinaryIO]:
+    """The standard input through a reader of its own (on a copy of its descriptor).
+
+    The reader thread blocks in a read while it waits for records. Blocked in
+    ``sys.stdin.buffer``, it would hold that object's lock when the interpreter shuts down, and
+    the interpreter, which flushes ``sys.stdin`` at exit, would abort the process (a fatal
+    error, after the run had ended well). It is not closed after the run, as ``sys.stdin`` is
+    not: closing it would wait for the reader's lock, held by the thread blocked in a read.
+    """
+    yield os.fdopen(os.dup(sys.stdin.fileno()), "rb")
 
 
 def open_output(name: str, default: BinaryIO) -> AbstractContextManager[BinaryIO]:

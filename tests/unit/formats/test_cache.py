@@ -96,20 +96,60 @@ def test_passed_checks_are_remembered_by_digest(tmp_path: Path) -> None:
     assert not cache.has_passed("another-check", b"model")
 
 
-def test_an_unwritable_cache_does_not_fail_loads(
+def test_an_unwritable_cache_does_not_fail_loads_and_warns_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     blocked = tmp_path / "file-not-dir"
     blocked.write_text("")
-    cache = ArtifactCache(blocked)
-    with caplog.at_level(logging.WARNING, logger="streamserve.formats.cache"):
+    cache = ArtifactCache(blocked, retry_after_s=0.0)  # every load tries the cache again
+    with caplog.at_level(logging.DEBUG, logger="streamserve.formats.cache"):
         cache.record_pass("parse", b"model")  # forgotten, not fatal: the check did pass
-        with cache.unpacked(_archive(tmp_path, "a", 10), unpack_archive) as directory:
-            assert (directory / "model.bin").read_bytes() == b"a" * 10
+        for name in ("a", "b"):
+            with cache.unpacked(_archive(tmp_path, name, 10), unpack_archive) as directory:
+                assert (directory / "model.bin").read_bytes() == name.encode() * 10
     assert not directory.exists(), "the temporary directory outlived its use"
     assert not cache.has_passed("parse", b"model")
-    assert "cannot write the artifact cache" in caplog.text
-    assert "unpacking to a temporary directory" in caplog.text
+    assert cache.failures == 3
+    assert "Not a directory" in (cache.problem or "")
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert f"artifact cache at {blocked} cannot be used" in warning
+    assert "[Errno 20] Not a directory" in warning
+    assert "models load without it" in warning
+
+
+def test_after_a_fault_the_cache_is_not_written_until_its_retry(tmp_path: Path) -> None:
+    blocked = tmp_path / "cache"
+    blocked.write_text("")
+    cache = ArtifactCache(blocked)  # the default pause: a minute
+    cache.record_pass("parse", b"model")
+    blocked.unlink()  # mended, but the pause holds
+
+    with cache.unpacked(_archive(tmp_path, "a", 10), unpack_archive) as directory:
+        assert directory.parent != blocked / "unpacked"
+    cache.record_pass("parse", b"model")
+
+    assert cache.failures == 1
+    assert not blocked.exists()
+
+
+def test_a_cache_that_works_again_says_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocked = tmp_path / "cache"
+    blocked.write_text("")
+    cache = ArtifactCache(blocked, retry_after_s=0.0)
+    with caplog.at_level(logging.WARNING, logger="streamserve.formats.cache"):
+        cache.record_pass("parse", b"model")
+        blocked.unlink()
+        cache.record_pass("parse", b"model")
+        with cache.unpacked(_archive(tmp_path, "a", 10), unpack_archive) as directory:
+            assert directory.parent == blocked / "unpacked"
+
+    assert cache.has_passed("parse", b"model")
+    assert cache.problem is None
+    assert cache.failures == 1
+    assert [r.getMessage().split(" (")[0] for r in caplog.records] == [
+        f"artifact cache at {blocked} cannot be used",
+        f"artifact cache at {blocked} works again",
+    ]
 
 
 @pytest.mark.parametrize("stale_after_s", [3600.0, 0.0], ids=["fresh", "old-but-locked"])

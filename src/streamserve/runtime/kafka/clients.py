@@ -15,6 +15,7 @@ from streamserve.settings import KafkaSettings
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, KafkaError, Message, Producer
+    from confluent_kafka.admin import AdminClient
 
 log = logging.getLogger("streamserve.runtime.kafka")
 
@@ -32,6 +33,7 @@ def confluent_kafka_module() -> ModuleType:
     """confluent_kafka, imported when a Kafka runtime or publisher is made (an optional extra)."""
     try:
         import confluent_kafka
+        import confluent_kafka.admin  # the admin client and ACL operations
     except ImportError as err:
         raise InfrastructureError(
             "confluent-kafka is not installed: pip install 'streamserve[kafka]'"
@@ -73,11 +75,27 @@ class KafkaClients:
     The first such refusal is kept as :attr:`problem`, which :meth:`raise_problem` raises.
     """
 
-    def __init__(self, settings: KafkaSettings, **callbacks: Any) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        max_model_message_bytes: int = MAX_MESSAGE_BYTES,
+        **callbacks: Any,
+    ) -> None:
         self.kafka = confluent_kafka_module()
         self._settings = settings
         self._last_error_log = 0.0
         self.problem: ConfigurationError | None = None  # settings that no retry mends
+        # A consumer reported a topic or partition gone (a data topic deleted, say): the
+        # transport checks its topics again. librdkafka itself would wait for its next metadata
+        # refresh (topic.metadata.refresh.interval.ms, 5 min) and meanwhile stay assigned.
+        self.topics_changed = False
+        codes = self.kafka.KafkaError
+        self._topic_gone_codes = {
+            codes._UNKNOWN_PARTITION,
+            codes._UNKNOWN_TOPIC,
+            codes.UNKNOWN_TOPIC_OR_PART,
+        }
         self._common: dict[str, Any] = {
             "bootstrap.servers": settings.bootstrap_servers,
             "logger": ClientLog(),
@@ -92,15 +110,17 @@ class KafkaClients:
                 **DATA_CONSUMER_DEFAULTS,
             }
         )
+        # the largest model message admitted must fit one fetch, or the reader stalls on it
+        models_fetch_bytes = max(MAX_MESSAGE_BYTES, max_model_message_bytes)
         self.models: Consumer = self._consumer(
             {
                 "group.id": f"{settings.group_id}-models-reader",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
-                "fetch.message.max.bytes": MAX_MESSAGE_BYTES,
+                "fetch.message.max.bytes": models_fetch_bytes,
                 # a fetch response holds a whole model message: above librdkafka's 100 MB default
-                "fetch.max.bytes": MAX_MESSAGE_BYTES,
-                "receive.message.max.bytes": MAX_MESSAGE_BYTES + 1024 * 1024,
+                "fetch.max.bytes": models_fetch_bytes,
+                "receive.message.max.bytes": models_fetch_bytes + 1024 * 1024,
             }
         )
         self.transactional: Producer | None = None
@@ -131,8 +151,20 @@ class KafkaClients:
         consumer: Consumer = self._made("consumer", merged)
         return consumer
 
-    def _made(self, role: str, config: dict[str, Any]) -> Any:
-        make = self.kafka.Producer if role == "producer" else self.kafka.Consumer
+    def admin(self) -> AdminClient:
+        """An admin client with the producer's settings (its servers and credentials), to
+        describe the output topics as the producer's user sees them."""
+        merged = {
+            **self._common,
+            "error_cb": functools.partial(self._on_error, "producer"),
+            **self._settings.producer,
+        }
+        admin: AdminClient = self._made("producer", merged, self.kafka.admin.AdminClient)
+        return admin
+
+    def _made(self, role: str, config: dict[str, Any], make: Any = None) -> Any:
+        if make is None:
+            make = self.kafka.Producer if role == "producer" else self.kafka.Consumer
         try:
             return make(config)
         except self.kafka.KafkaException as err:
@@ -166,6 +198,10 @@ class KafkaClients:
             return
         if error.fatal():
             log.error("Kafka client failed for good: %s", error)
+            return
+        if role == "consumer" and code in self._topic_gone_codes:
+            self.topics_changed = True
+            log.warning("Kafka at %s: %s", self._settings.bootstrap_servers, error)
             return
         now = time.monotonic()
         if now - self._last_error_log >= ERROR_LOG_INTERVAL_S:

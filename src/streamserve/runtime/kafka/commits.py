@@ -46,10 +46,15 @@ class PendingBatch:
 
 
 class InFlightBatches:
-    """The batches produced and not yet fully acknowledged, oldest first."""
+    """The batches produced and not yet fully acknowledged, oldest first.
 
-    def __init__(self) -> None:
+    ``topic_settings`` names the setting of each output topic (``results`` ->
+    ``kafka.results_topic``), for the message of a failed delivery.
+    """
+
+    def __init__(self, topic_settings: Mapping[str, str] | None = None) -> None:
         self._batches: deque[PendingBatch] = deque()
+        self._topic_settings = dict(topic_settings or {})
 
     def add(self, batch: PendingBatch) -> None:
         self._batches.append(batch)
@@ -61,6 +66,15 @@ class InFlightBatches:
     def outputs_pending(self) -> int:
         return sum(batch.pending for batch in self._batches)
 
+    def _named(self, failure: str) -> str:
+        """``topic: error`` as ``the results topic 'topic' (kafka.results_topic): error``."""
+        topic, _, error = failure.partition(": ")
+        setting = self._topic_settings.get(topic)
+        if setting is None:
+            return failure
+        role = setting.removeprefix("kafka.").removesuffix("_topic")
+        return f"the {role} topic {topic!r} ({setting}): {error}"
+
     def take_acknowledged(self) -> dict[PartitionId, int]:
         """The offsets to commit for the leading batches that are fully acknowledged (merged,
         later batches winning); raises :class:`DeliveryError` at the first failed batch, with
@@ -69,7 +83,8 @@ class InFlightBatches:
         while self._batches and self._batches[0].pending == 0:
             batch = self._batches[0]
             if batch.failures:
-                raise DeliveryError("; ".join(batch.failures[:3]), offsets)
+                reasons = [self._named(failure) for failure in batch.failures[:3]]
+                raise DeliveryError("; ".join(reasons), offsets)
             self._batches.popleft()
             offsets.update(batch.next_offsets)
         return offsets
@@ -90,7 +105,12 @@ class OffsetCommits:
         self._settings = settings
         self._data = data
         self._producer = producer
-        self._in_flight = InFlightBatches()
+        self._in_flight = InFlightBatches(
+            {
+                settings.errors_topic: "kafka.errors_topic",
+                settings.results_topic: "kafka.results_topic",
+            }
+        )
         self._acknowledged: dict[PartitionId, int] = {}
 
     def track(self, next_offsets: dict[PartitionId, int], outputs: int) -> PendingBatch:
@@ -154,7 +174,7 @@ class OffsetCommits:
                 self.commit_latest(set(err.committable))
             raise InfrastructureError(
                 f"outputs were not delivered ({err}); stopping without committing, "
-                "the batch will be re-delivered"
+                f"the batch will be re-delivered{_topic_advice(str(err))}"
             ) from err
         if not offsets:
             return
@@ -199,6 +219,16 @@ class OffsetCommits:
 
     def topic_partitions(self, offsets: Mapping[PartitionId, int]) -> list[TopicPartition]:
         return [self._kafka.TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+
+
+_TOPIC_GONE = ("Unknown topic", "Unknown partition", "authorization failed")
+
+
+def _topic_advice(reason: str) -> str:
+    """What to check when librdkafka's reason says a topic is gone or refused."""
+    if not any(words.lower() in reason.lower() for words in _TOPIC_GONE):
+        return ""
+    return " (does the topic still exist, and may this replica's user write to it?)"
 
 
 def on_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> None:

@@ -25,6 +25,7 @@ from streamserve.runtime.encoding import OutputMessage
 from streamserve.runtime.kafka.clients import KafkaClients, is_partition_end
 from streamserve.runtime.kafka.commits import FLUSH_STEP_S, OffsetCommits, PartitionId, on_commit
 from streamserve.runtime.kafka.models_topic import ModelsTopicReader, position_of
+from streamserve.runtime.kafka.topics import TopicCheck
 from streamserve.serving.core import ServingCore
 from streamserve.serving.events import ModelEvent
 from streamserve.settings import BatchSettings, KafkaSettings
@@ -74,12 +75,17 @@ class KafkaTransport:
         self._core = core
         self._settings = settings
         self._max_delay_s = batch.max_delay_ms / 1000
-        self._clients = KafkaClients(settings, on_commit=on_commit)
+        self._clients = KafkaClients(
+            settings,
+            max_model_message_bytes=core.settings.security.max_model_message_bytes,
+            on_commit=on_commit,
+        )
         self._kafka = self._clients.kafka
         self._data = self._clients.data
         self._producer = self._clients.producer
         self._models = ModelsTopicReader(core, settings, self._clients)
         self._commits = OffsetCommits(self._kafka, settings, self._data, self._producer)
+        self._topics = TopicCheck(settings, self._clients)
         self._failing = False  # the run is ending on an error: leave without waiting for outputs
         self.ready = threading.Event()  # models caught up and data partitions assigned
         self._caught_up = False
@@ -92,6 +98,9 @@ class KafkaTransport:
 
     # --- startup and models --------------------------------------------------------------------
     def start(self, stopping: threading.Event) -> None:
+        self._topics.run(stopping)  # before any record is read
+        if stopping.is_set():
+            return
         self._init_transactions()
         self.catch_up_models(stopping)  # before any record: see ModelsTopicReader.catch_up
         if stopping.is_set():
@@ -255,9 +264,14 @@ class KafkaTransport:
     # --- after each batch, and the end -----------------------------------------------------------
     def after_batch(self) -> None:
         """Takes the outputs' acknowledgements (a failed delivery stops the replica even while
-        no record comes), then measures the lag: (high watermark - position) summed over the
-        assigned partitions, every few seconds; ``None`` (unknown) while it holds none."""
+        no record comes), checks the data topics again if a consumer reported one gone (a
+        deleted data topic stops the replica), then measures the lag: (high watermark -
+        position) summed over the assigned partitions, every few seconds; ``None`` (unknown)
+        while it holds none."""
         self._commits.wait_for_acknowledgements(self._settings.max_batches_in_flight)
+        if self._clients.topics_changed:
+            self._clients.topics_changed = False
+            self._topics.recheck_data_topics()
         now = time.monotonic()
         if not self._assigned:
             self.consumer_lag = None  # no partition: no lag of its own to report
