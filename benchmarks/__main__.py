@@ -2,6 +2,8 @@
 
 Prints a markdown table and writes JSON (``--json``). ``--smoke`` runs tiny sizes: CI uses it to
 check that every scenario runs and counts correctly; its timings mean nothing.
+
+``python -m benchmarks soak --minutes N`` runs the soak instead (:mod:`benchmarks.soak`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ KAFKA_SCENARIOS = ("kafka", "swap")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:
+        from benchmarks.soak import main as soak
+
+        return soak(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: counts, not speed")
     parser.add_argument("--only", choices=SCENARIOS, action="append", help="run these only")
@@ -35,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         "or tansu; both run side by side in one run",
     )
     parser.add_argument("--json", type=Path, default=Path("benchmarks/results.json"))
+    parser.epilog = "python -m benchmarks soak --help: the soak (hours of model churn)"
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

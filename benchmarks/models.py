@@ -80,3 +80,25 @@ def tiny_linear_onnx(weights: np.ndarray, bias: float) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def lightgbm_regressor_text(
+    features: np.ndarray, labels: np.ndarray, *, seed: int, rounds: int = 20
+) -> bytes:
+    """A small LightGBM regressor of the labels (its native text model), trained here."""
+    import lightgbm
+
+    params = {
+        "objective": "regression",
+        "num_leaves": 15,
+        "learning_rate": 0.1,
+        "feature_fraction": 0.8,
+        "bagging_fraction": 0.8,
+        "bagging_freq": 1,
+        "seed": seed,
+        "num_threads": 1,
+        "deterministic": True,
+        "verbose": -1,
+    }
+    booster = lightgbm.train(params, lightgbm.Dataset(features, labels), num_boost_round=rounds)
+    return str(booster.model_to_string()).encode()
