@@ -52,6 +52,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from kafka_broker import Broker, free_port
+from tls_certificates import CA_KEY_USAGE
 
 KAFKA_VERSION = "4.4.0"
 _REPO = Path(__file__).resolve().parents[1]
@@ -180,18 +181,7 @@ def _certificate(
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
     )
     if is_ca:
-        signs_only = x509.KeyUsage(
-            digital_signature=False,
-            content_commitment=False,
-            key_encipherment=False,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=True,
-            crl_sign=True,
-            encipher_only=False,
-            decipher_only=False,
-        )
-        builder = builder.add_extension(signs_only, critical=True)
+        builder = builder.add_extension(CA_KEY_USAGE, critical=True)
     else:
         builder = builder.add_extension(
             x509.SubjectAlternativeName(alternative_names), critical=False

@@ -194,7 +194,10 @@ def test_an_inference_request_that_hangs_fails_with_the_time_limit_and_quarantin
             0: ("error", "scoring_timeout"),
             1: ("error", "scoring_timeout"),
         }
-        assert "stuck in model 'hangs' of key 'stuck'" in outcome.errors[0].reason
+        assert (
+            "model 'hangs' of key 'stuck' has a call running past the scoring deadline (0.5 s)"
+            in outcome.errors[0].reason
+        )
         slot = core.find_slot(STUCK_KEY)
         assert slot is not None
         assert slot.current is not None

@@ -12,6 +12,7 @@ import logging
 import threading
 from bisect import bisect_left
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -36,7 +37,7 @@ from streamserve.serving.deadline import CallOverran, TimedCalls
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.loader import LoadJob, ModelLoader
 from streamserve.serving.outcome import BatchOutcome, RecordError
-from streamserve.serving.routing import KeyRouter, routed_batch
+from streamserve.serving.routing import KeyRouter, RouteCall, WatchedRouter, routed_batch
 from streamserve.serving.scoring import ModelCall, ModelScoring
 from streamserve.serving.slot import ModelSlot, Rejection, ServedModel
 from streamserve.settings import ServingSettings
@@ -44,10 +45,6 @@ from streamserve.settings import ServingSettings
 # Upper bounds of the batch-size histogram; the last bucket takes every larger batch.
 BATCH_SIZE_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 1 << 62)
 MAX_KEYLESS_REJECTIONS = 1000
-# a batch is scored again after each model that overran the deadline is taken out of service;
-# past this many stuck models in one batch, its records fail with the time limit
-MAX_SCORING_ATTEMPTS = 4
-
 log = logging.getLogger(__name__)
 
 
@@ -68,7 +65,7 @@ class ServingCore:
         router: KeyRouter | None = None,
     ) -> None:
         self._settings = settings
-        self._router = router
+        self._router = None if router is None else WatchedRouter(router)
         self._admission = ModelAdmission(settings.security)  # first: bad keys stop startup
         self._registry = registry or FactoryRegistry(
             FactoryContext(
@@ -287,11 +284,17 @@ class ServingCore:
         return outcome
 
     def _score_within(self, batch: DecodedBatch, observe: bool, deadline_s: float) -> BatchOutcome:
-        """Scores ``batch`` on a worker, waiting at most ``deadline_s``. A model call that
-        overruns is left running; its model is taken out of service (stream records only) and
-        the batch is scored again, from the start, without it: the abandoned attempt's outcome
-        is never used, so no record is scored twice into the output."""
-        for _ in range(MAX_SCORING_ATTEMPTS):
+        """Scores ``batch`` on a worker, waiting at most ``deadline_s``.
+
+        A call that overruns is left running, and the batch is scored again from its start
+        without it: the call's model (or the router's key) gets no more calls until that call
+        returns (its records fail at once with ``scoring_timeout``), and for stream records
+        the model is taken out of service. Each attempt finds a new stuck call, so a batch
+        costs one deadline per model that hangs in it. The abandoned attempts' outcomes are
+        never used: no record is scored twice into the output.
+        """
+        stuck: set[CallSite] = set()
+        while True:
             cancelled = threading.Event()
             try:
                 return self._scoring_calls.call(
@@ -301,38 +304,56 @@ class ServingCore:
                 )
             except CallOverran as overran:
                 cancelled.set()
-                if not self._scoring_calls.abandon(overran):  # it returned just now
+                site = self._call_site(overran.call.worker)
+                if site is not None:
+                    site.call_stuck()
+                cleanup = None if site is None else _returned(site)
+                if not self._scoring_calls.abandon(overran, cleanup):  # it returned just now
+                    if site is not None:
+                        site.call_returned()
                     if overran.call.error is not None:
                         raise overran.call.error from None
                     return cast(BatchOutcome, overran.call.result)
-                stuck = self._scoring.model_call_on(overran.call.worker)
                 self._count(model_calls_overran=1)
-                if stuck is None or not observe:
-                    return self._timed_out(batch, stuck, deadline_s)
-                self._quarantine_stuck(stuck, deadline_s)
-        return self._timed_out(batch, None, deadline_s)
+                if site is None or site in stuck:
+                    return self._timed_out(batch, deadline_s)
+                stuck.add(site)
+                self._report_stuck(site, deadline_s, observe)
 
-    def _quarantine_stuck(self, stuck: ModelCall, deadline_s: float) -> None:
-        identity, key = stuck.served.identity, stuck.slot.key
+    def _call_site(self, worker: threading.Thread | None) -> CallSite | None:
+        """The model call or the routing call ``worker`` is in, if any."""
+        model_call = self._scoring.model_call_on(worker)
+        if model_call is not None or self._router is None:
+            return model_call
+        return self._router.call_on(worker)
+
+    def _report_stuck(self, site: CallSite, deadline_s: float, observe: bool) -> None:
+        if isinstance(site, RouteCall):
+            log.error(
+                "%s did not return within %g s; the call is left running and the key's records "
+                "fail until it returns",
+                site.describe(),
+                deadline_s,
+            )
+            return
         reason = (
-            f"model {identity.name!r} of key {key!r} did not return from scoring "
-            f"{stuck.records} records within {deadline_s:g} s; the call is left running (a call "
-            "into a model library cannot be interrupted) and the model is out of service"
+            f"{site.describe()} did not return from scoring {site.records} records within "
+            f"{deadline_s:g} s; the call is left running (a call into a model library cannot be "
+            "interrupted) and the model gets no more calls"
         )
+        if not observe:  # a request never takes a model out of service
+            log.error("%s (an inference request)", reason)
+            return
+        reason += ": it is out of service"
         log.error("%s", reason)
-        self._scoring.quarantine(stuck.slot, stuck.served, reason, ScoringTimeoutError.kind)
+        self._scoring.quarantine(site.slot, site.served, reason, ScoringTimeoutError.kind)
 
-    def _timed_out(
-        self, batch: DecodedBatch, stuck: ModelCall | None, deadline_s: float
-    ) -> BatchOutcome:
-        """Every record of ``batch`` failed with the time limit (decoding errors kept)."""
-        where = (
-            "in no model call"
-            if stuck is None
-            else f"in model {stuck.served.identity.name!r} of key {stuck.slot.key!r}"
-        )
+    def _timed_out(self, batch: DecodedBatch, deadline_s: float) -> BatchOutcome:
+        """Every record of ``batch`` failed with the time limit (decoding errors kept): the
+        scoring was stuck in no model or routing call the deadline could find."""
         error = ScoringTimeoutError(
-            f"scoring the batch did not finish within {deadline_s:g} s (stuck {where})"
+            f"scoring the batch did not finish within {deadline_s:g} s, stuck outside any model "
+            "or routing call"
         )
         log.error("%s", error)
         outcome = BatchOutcome(batch.records)
@@ -340,10 +361,8 @@ class ServingCore:
             decoding = batch.errors.get(row)
             if decoding is not None:
                 outcome.errors.append(RecordError(row, decoding.kind, str(decoding)))
-                continue
-            key = batch.keys[row]
-            model = stuck.served.identity if stuck and stuck.slot.key == key else None
-            outcome.errors.append(RecordError(row, error.kind, str(error), key, model))
+            else:
+                outcome.errors.append(RecordError(row, error.kind, str(error), batch.keys[row]))
         return outcome
 
     def _score_now(
@@ -449,6 +468,14 @@ class ServingCore:
         self._scoring_calls.close()
         for slot in self.slots():
             slot.close()
+
+
+CallSite = ModelCall | RouteCall
+
+
+def _returned(site: CallSite) -> Callable[[object, BaseException | None], None]:
+    """The cleanup of an abandoned call stuck at ``site``: the site takes calls again."""
+    return lambda _result, _error: site.call_returned()
 
 
 def _check_shape(batch: DecodedBatch) -> None:

@@ -14,15 +14,17 @@ application embedding streamserve passes one to :class:`~streamserve.serving.cor
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol, cast
 
 import numpy as np
 import numpy.typing as npt
 
 from streamserve.codecs.base import DecodedBatch, InputRecord
-from streamserve.errors import ConfigurationError, ScoringError
+from streamserve.errors import ConfigurationError, ScoringError, ScoringTimeoutError
 from streamserve.plugins import NamedPlugins, reason
 from streamserve.serving.outcome import BatchOutcome
 
@@ -57,6 +59,62 @@ def load_router(name: str, options: Mapping[str, object]) -> KeyRouter:
     if not callable(getattr(router, "route", None)):
         raise ConfigurationError(f"{where} built a {type(router).__name__}, which has no route()")
     return router
+
+
+class WatchedRouter:
+    """A router whose calls a scoring deadline can find: which key each thread routes now.
+
+    A key whose routing overran the deadline (:meth:`RouteCall.call_stuck`) is not routed
+    again until that call returns: its records fail at once, rather than each batch losing
+    another thread to the same stuck call.
+    """
+
+    def __init__(self, router: KeyRouter) -> None:
+        self._router = router
+        self._routing: dict[int, str] = {}  # thread ident -> the key it routes
+        self._stuck: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def route(self, key: str, records: Sequence[InputRecord], rows: Rows) -> Mapping[str, Rows]:
+        if self._stuck[key] > 0:
+            raise ScoringTimeoutError(
+                f"routing the records of key {key!r} overran the scoring deadline and has not "
+                "returned; the key's records are not routed until it does"
+            )
+        thread = threading.get_ident()
+        self._routing[thread] = key
+        try:
+            return self._router.route(key, records, rows)
+        finally:
+            del self._routing[thread]
+
+    def call_on(self, thread: threading.Thread | None) -> RouteCall | None:
+        """The routing call ``thread`` is in, if it is in one."""
+        key = None if thread is None or thread.ident is None else self._routing.get(thread.ident)
+        return None if key is None else RouteCall(self, key)
+
+    def _mark(self, key: str, change: int) -> None:
+        with self._lock:
+            self._stuck[key] += change
+            if self._stuck[key] <= 0:
+                del self._stuck[key]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteCall:
+    """A router routing a key's records, as a deadline sees it when the call overruns."""
+
+    router: WatchedRouter
+    key: str
+
+    def describe(self) -> str:
+        return f"the router, routing key {self.key!r}"
+
+    def call_stuck(self) -> None:
+        self.router._mark(self.key, +1)
+
+    def call_returned(self) -> None:
+        self.router._mark(self.key, -1)
 
 
 def routed_batch(router: KeyRouter, batch: DecodedBatch, outcome: BatchOutcome) -> DecodedBatch:
@@ -98,6 +156,8 @@ def routed_rows(
         split = {
             str(t): _indices(picked) for t, picked in router.route(key, records, given).items()
         }
+    except ScoringTimeoutError:  # the key's routing is stuck past the deadline: said as such
+        raise
     except (Exception, SystemExit) as err:  # a router defect (even sys.exit) fails this key only
         raise ScoringError(f"routing the records of key {key!r} failed: {reason(err)}") from err
     parts = [picked for picked in split.values() if len(picked)]

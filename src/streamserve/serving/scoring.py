@@ -18,7 +18,12 @@ import numpy as np
 import numpy.typing as npt
 
 from streamserve.codecs.base import DecodedBatch
-from streamserve.errors import MissingFeaturesError, RejectedInput, ScoringError
+from streamserve.errors import (
+    MissingFeaturesError,
+    RejectedInput,
+    ScoringError,
+    ScoringTimeoutError,
+)
 from streamserve.formats.base import FloatMatrix, InputSpec, Model
 from streamserve.serving.budget import LiveModels
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
@@ -43,6 +48,19 @@ class ModelCall:
     slot: ModelSlot
     served: ServedModel
     records: int
+
+    def describe(self) -> str:
+        return f"model {self.served.identity.name!r} of key {self.slot.key!r}"
+
+    def call_stuck(self) -> None:
+        self.served.call_stuck()
+
+    def call_returned(self) -> None:
+        self.served.call_returned()
+
+
+def _reset_failures(served: ServedModel) -> None:
+    served.consecutive_failures = served.failing_batches = 0
 
 
 class ModelScoring:
@@ -179,6 +197,14 @@ class ModelScoring:
         observe: bool,
     ) -> None:
         key = slot.key
+        if served.calls_stuck > 0:
+            error = ScoringTimeoutError(
+                f"model {served.identity.name!r} of key {key!r} has a call running past the "
+                f"scoring deadline ({self._settings.scoring_deadline_s:g} s); it is not called "
+                "again until that call returns"
+            )
+            self._fail(outcome, rows, error, key, served)
+            return
         started = time.perf_counter()
         model_failures = 0  # records the model raised on (not values it gave for one record)
         thread = threading.get_ident()
@@ -202,14 +228,19 @@ class ModelScoring:
             del self._model_calls[thread]
         self._live_models.touch(served)
         elapsed = time.perf_counter() - started
+        # the failure streak, like the statistics, counts only once the outcome is accepted:
+        # a batch scored again after another model overran the deadline counts once
         if len(rows):
-            served.consecutive_failures = served.failing_batches = 0
+            outcome.stats_updates.append(partial(_reset_failures, served))
             outcome.stats_updates.append(partial(served.stats.record_batch, len(rows), elapsed))
             outcome.groups.append(
                 ScoredGroup(key, served.identity, rows, scored, elapsed / len(rows))
             )
         elif model_failures and observe:  # a V2 client can never quarantine a model
-            self._count_failures(slot, served, model_failures, outcome.errors[-1].reason)
+            reason = outcome.errors[-1].reason
+            outcome.stats_updates.append(
+                partial(self._count_failures, slot, served, model_failures, reason)
+            )
 
     def _count_failures(
         self, slot: ModelSlot, served: ServedModel, failures: int, last_reason: str

@@ -87,8 +87,25 @@ class ServedModel:
         self._reload = reload
         self._on_release = on_release
         self._lock = threading.Lock()
+        self._reloading = threading.Lock()  # one reload at a time, outside ``_lock``
         self._users = 0
         self._retired = False
+        self._calls_stuck = 0
+
+    @property
+    def calls_stuck(self) -> int:
+        """Calls into this model that overran the scoring deadline and still run."""
+        return self._calls_stuck
+
+    def call_stuck(self) -> None:
+        """A call into this model overran the scoring deadline: it gets no further calls until
+        :meth:`call_returned` (each costs a thread that cannot be had back)."""
+        with self._lock:
+            self._calls_stuck += 1
+
+    def call_returned(self) -> None:
+        with self._lock:
+            self._calls_stuck -= 1
 
     @property
     def live(self) -> bool:
@@ -123,14 +140,26 @@ class ServedModel:
         (that batch is scored by it to its last record), and closed with its last user."""
         self.acquire()
         try:
-            with self._lock:
-                if self._model is None:
-                    leased_before = self._users > 1
-                    self._model = self._instantiate_again(leased_before)
-                model = self._model
-            yield model
+            yield self._live_instance()
         finally:
             self.release()
+
+    def _live_instance(self) -> Model:
+        """The instance, made again if it was evicted. The reload runs outside ``_lock``: it
+        may take long or hang, and retiring the model (a quarantine, an unload) must not
+        wait for it."""
+        with self._lock:
+            if self._model is not None:
+                return self._model
+            leased_before = self._users > 1
+        with self._reloading:
+            with self._lock:
+                if self._model is not None:  # made again by the user before this one
+                    return self._model
+            model = self._instantiate_again(leased_before)
+            with self._lock:
+                self._model = model
+                return model
 
     def _instantiate_again(self, leased_before: bool) -> Model:
         if (self._retired and not leased_before) or self._reload is None:
