@@ -73,13 +73,16 @@ def write_pki(folder: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost"))
     pki.server_key.chmod(0o600)
 
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client = _leaf(
-        _name("streamserve test client"),
-        ca_name,
-        client_key.public_key(),
-        ExtendedKeyUsageOID.CLIENT_AUTH,
+    client = (
+        _leaf(
+            _name("streamserve test client"),
+            ca_name,
+            client_key.public_key(),
+            ExtendedKeyUsageOID.CLIENT_AUTH,
+        )
+        .add_extension(issuer, critical=False)
+        .sign(ca_key, hashes.SHA256())
     )
-    client = client.add_extension(issuer, critical=False).sign(ca_key, hashes.SHA256())
     pki.client.write_bytes(_private_pem(client_key) + client.public_bytes(PEM))
     pki.client.chmod(0o600)
     return pki

@@ -37,6 +37,9 @@ class _Section(BaseModel):
 
 
 DEFAULT_MAX_MODEL_MESSAGE_BYTES = 200 * 1024**2  # the Kafka models reader fetches as much
+# librdkafka fetches a message of at most this (fetch.message.max.bytes); the models reader must
+# fetch the largest model message whole.
+MAX_MODEL_MESSAGE_BYTES_LIMIT = 1_000_000_000
 
 
 class ModelSecuritySettings(_Section):
@@ -48,7 +51,8 @@ class ModelSecuritySettings(_Section):
         DEFAULT_MAX_MODEL_MESSAGE_BYTES,
         gt=0,
         description="a model message (or models-folder file) larger than this is rejected before "
-        "it is decoded",
+        f"it is decoded; at most {MAX_MODEL_MESSAGE_BYTES_LIMIT} (the largest message the Kafka "
+        "models reader can fetch; publish larger models by location)",
     )
     max_unpacked_bytes: int = Field(
         DEFAULT_MAX_UNPACKED_BYTES,
@@ -65,6 +69,17 @@ class ModelSecuritySettings(_Section):
         "'ed25519:<base64>'); when any is set, model messages and tombstones must be signed by "
         "one of them (the signing extra)",
     )
+
+    @field_validator("max_model_message_bytes")
+    @classmethod
+    def _fetchable(cls, limit: int) -> int:
+        if limit > MAX_MODEL_MESSAGE_BYTES_LIMIT:
+            raise ValueError(
+                f"{limit} is over {MAX_MODEL_MESSAGE_BYTES_LIMIT}: the Kafka models reader fetches "
+                "a model message whole, and librdkafka fetches at most that "
+                "(fetch.message.max.bytes); publish larger models by location"
+            )
+        return limit
 
 
 class ServingSettings(_Section):
@@ -291,8 +306,9 @@ class ApiSettings(_Section):
     header_timeout_s: float = Field(
         10.0,
         gt=0,
-        description="a request's line and headers must arrive whole within this after the "
-        "connection opens or the previous response ends (else the connection is closed)",
+        description="a request's line and headers (and before the first, the TLS handshake) must "
+        "arrive whole within this after the connection opens or the previous response ends "
+        "(else the connection is closed)",
     )
     body_timeout_s: float = Field(
         30.0, gt=0, description="a request body must arrive whole within this (408 otherwise)"
@@ -300,8 +316,9 @@ class ApiSettings(_Section):
     max_connections: int = Field(
         64,
         ge=1,
-        description="a request that arrives while this many connections are open (its own "
-        "included) is answered 503",
+        description="connections held at once (TLS handshakes included): one opened beyond them, "
+        "or while this many requests are still being answered, is answered 503 and closed (over "
+        "TLS closed before its handshake)",
     )
     inference_threads: int = Field(
         2,

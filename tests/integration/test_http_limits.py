@@ -75,6 +75,15 @@ def read_until_closed(sock: socket.socket) -> bytes:
     return data
 
 
+def ask_live(sock: socket.socket) -> int:
+    """The status of a liveness request on a kept-alive connection."""
+    sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
+    raw = b""
+    while not raw.endswith(b'{"live":true}'):
+        raw += sock.recv(65536)
+    return response_of(raw)[0]
+
+
 def response_of(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     head, _, body = raw.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
@@ -191,11 +200,11 @@ def test_a_trickled_body_is_cut_off_with_408(core: ServingCore) -> None:
 def test_a_trickled_or_missing_request_head_closes_the_connection(core: ServingCore) -> None:
     """Slowloris on the head: connections that never finish a request's line and headers are
     closed after api.header_timeout_s, so they cannot hoard the connection limit (503)."""
-    with running(core, header_timeout_s=5.0, max_connections=3) as server:
+    with running(core, header_timeout_s=5.0, max_connections=2) as server:
         silent, trickling = connect(server), connect(server)
         trickling.sendall(b"GET /keys HTTP/1.1\r\nHost: test\r\nX-Slow: ")
-        with httpx.Client(base_url=server.url) as http:
-            locked_out = http.get("/v2/health/live")  # a third connection: over the limit
+        with connect(server) as third:  # over the limit
+            locked_out, _, _ = response_of(read_until_closed(third))
         assert read_until_closed(silent) == b""
         stopped = False
         while not stopped:  # the head never completes, however long the client trickles
@@ -208,12 +217,8 @@ def test_a_trickled_or_missing_request_head_closes_the_connection(core: ServingC
                 stopped = True
         silent.close()
         trickling.close()
-        with httpx.Client(base_url=server.url) as http:
-            deadline = time.monotonic() + WAIT_S
-            while (reply := http.get("/v2/health/live")).status_code == 503:
-                assert time.monotonic() < deadline, "the closed connections were never released"
-                time.sleep(0.05)
-    assert locked_out.status_code == 503
+        reply = _served_once_released(server)
+    assert locked_out == 503
     assert reply.status_code == 200
 
 
@@ -234,23 +239,62 @@ def test_a_kept_alive_connection_serves_request_after_request(core: ServingCore)
     assert replies == [200, 200, 200]
 
 
-def test_requests_beyond_the_connection_limit_get_503(core: ServingCore) -> None:
-    with running(core, max_connections=4) as server:
-        held = [connect(server) for _ in range(3)]
-        for sock in held:  # each connection serves a request, and stays open
-            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: test\r\n\r\n")
-            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+def test_connections_beyond_the_limit_are_answered_503_and_closed(core: ServingCore) -> None:
+    """security.md: api.max_connections protects file descriptors against connection floods.
+    At most that many connections are held, silent ones included: each one beyond is answered
+    503 with the reason and closed at once, and once connections close, new ones are served."""
+    limit, flood = 4, 40
+    with running(core, max_connections=limit, header_timeout_s=30.0) as server:
+        held = [connect(server) for _ in range(limit)]
+        assert [ask_live(sock) for sock in held] == [200] * limit  # served, and kept open
+        refusals = []
+        for _ in range(flood):  # silent: they would be held until the head deadline
+            with connect(server) as sock:
+                refusals.append(response_of(read_until_closed(sock)))
+        for sock in held:
+            sock.settimeout(0.2)
+            with pytest.raises(TimeoutError):  # the connections within the limit stay open
+                sock.recv(1)
         with httpx.Client(base_url=server.url) as http:
             refused = http.get("/v2/health/live")
         for sock in held:
             sock.close()
-        with httpx.Client(base_url=server.url) as http:
-            deadline = time.monotonic() + WAIT_S
-            while (served := http.get("/v2/health/live")).status_code == 503:
-                assert time.monotonic() < deadline, "the connections were never released"
-                time.sleep(0.05)
+        served = _served_once_released(server)
+    assert {status for status, _, _ in refusals} == {503}
+    _, headers, body = refusals[0]
+    assert headers["connection"] == "close"
+    assert orjson.loads(body) == {
+        "error": f"this server holds at most {limit} connections (api.max_connections); "
+        "try again later"
+    }
     assert refused.status_code == 503
     assert served.status_code == 200
+
+
+def test_the_connection_limit_admits_exactly_that_many(core: ServingCore) -> None:
+    """A limit of one serves one connection (its requests are not refused for itself)."""
+    with running(core, max_connections=1) as server, connect(server) as sock:
+        answers = [ask_live(sock), ask_live(sock)]
+        with connect(server) as second:
+            status, _, _ = response_of(read_until_closed(second))
+    assert answers == [200, 200]
+    assert status == 503
+
+
+def _served_once_released(server: ApiServer) -> httpx.Response:
+    """The first answer that is not a refusal (closed connections are released as the server
+    notices them)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            with httpx.Client(base_url=server.url) as http:
+                reply = http.get("/v2/health/live")
+            if reply.status_code != 503:
+                return reply
+        except httpx.TransportError:  # refused before the request was read
+            pass
+        assert time.monotonic() < deadline, "the closed connections were never released"
+        time.sleep(0.05)
 
 
 def test_a_model_overrunning_the_scoring_deadline_answers_504() -> None:
@@ -284,5 +328,5 @@ def test_a_model_overrunning_the_scoring_deadline_answers_504() -> None:
     assert reply.status_code == 504, reply.text
     error = reply.json()["error"]
     assert error.startswith("model 'wine': ")
-    assert "within 0.5 s" in error
+    assert "running past the scoring deadline (0.5 s)" in error
     assert live.status_code == 200

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,6 +98,69 @@ def test_client_certificates_when_the_server_asks_for_them(
             with pytest.raises(httpx.TransportError):
                 httpx.get(url, verify=context)
     assert served.status_code == 200
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes ``sock`` (EOF or reset), sending nothing, within ``seconds``."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+# asyncio's own TLS handshake timeout is 60 s: waiting half of it tells the two apart.
+WAIT_S = 30.0
+
+
+def test_silent_connections_to_the_https_port_are_closed_after_the_header_timeout(
+    core: ServingCore, pki: Pki
+) -> None:
+    """api.header_timeout_s closes connections opened and left silent, over TLS too: one that
+    never starts its TLS handshake (the handshake has the header timeout, not asyncio's 60 s),
+    and one that finishes it and sends no request (the deadline runs from the accept)."""
+    settings = tls_settings(pki, header_timeout_s=1.0)
+    context = trusting(pki.ca)
+    with running(core, settings) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as silent:
+            never_shook_hands = closed_within(silent, WAIT_S)
+        with (
+            socket.create_connection(("127.0.0.1", server.port)) as raw,
+            context.wrap_socket(raw, server_hostname="localhost") as shook_hands,
+        ):
+            after_handshake = closed_within(shook_hands, WAIT_S)
+        live = httpx.get(f"{server.url}/v2/health/live", verify=context)
+    assert never_shook_hands
+    assert after_handshake
+    assert live.status_code == 200
+
+
+def test_tls_connections_beyond_the_limit_are_closed_before_their_handshake(
+    core: ServingCore, pki: Pki
+) -> None:
+    """Connections still in their TLS handshake count against api.max_connections; one beyond
+    the limit is closed at once (nothing can be said to it before a handshake)."""
+    context = trusting(pki.ca)
+    with running(core, tls_settings(pki, max_connections=2, header_timeout_s=30.0)) as server:
+        silent = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+        with socket.create_connection(("127.0.0.1", server.port)) as third:
+            refused = closed_within(third, WAIT_S)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{server.url}/v2/health/live", verify=context)
+        for sock in silent:
+            sock.close()
+        deadline = time.monotonic() + WAIT_S
+        while True:  # served once the server has noticed the two closed
+            try:
+                live = httpx.get(f"{server.url}/v2/health/live", verify=context)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the closed connections were never released"
+                time.sleep(0.05)
+    assert refused
+    assert live.status_code == 200
 
 
 def test_the_status_command_reads_an_https_server(core: ServingCore, pki: Pki) -> None:

@@ -26,9 +26,10 @@ from review_support import MEAN_TYPE, kafka_settings, make_topics, mean_core
 
 from streamserve.codecs.protobuf import WineRecordCodec
 from streamserve.descriptor import ModelDescriptor, encode_descriptor
-from streamserve.errors import InfrastructureError
+from streamserve.errors import ConfigurationError, InfrastructureError
 from streamserve.runtime.kafka import KafkaRuntime
-from streamserve.settings import BatchSettings
+from streamserve.runtime.kafka.clients import KafkaClients
+from streamserve.settings import MAX_MODEL_MESSAGE_BYTES_LIMIT, BatchSettings, KafkaSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -84,3 +85,16 @@ def test_a_replica_catches_up_with_a_105_mib_model(kafka: ApacheKafka) -> None:
         assert core.find_slot("large") is not None
     finally:
         core.close()
+
+
+def test_the_largest_model_message_limit_the_settings_take_starts_the_models_reader() -> None:
+    """serving.security.max_model_message_bytes goes up to what librdkafka can fetch: at that
+    bound the models reader's fetch sizes pass confluent-kafka's own checks (no broker is
+    reached: the clients check their settings when they are made); above it, a caller that
+    skipped the settings is told which setting."""
+    settings = KafkaSettings(bootstrap_servers="127.0.0.1:1", group_id="g", data_topics=["d"])
+    clients = KafkaClients(settings, max_model_message_bytes=MAX_MODEL_MESSAGE_BYTES_LIMIT)
+    clients.models.close()
+    clients.data.close()
+    with pytest.raises(ConfigurationError, match=r"serving\.security\.max_model_message_bytes"):
+        KafkaClients(settings, max_model_message_bytes=MAX_MODEL_MESSAGE_BYTES_LIMIT + 1)

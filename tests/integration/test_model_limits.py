@@ -6,8 +6,11 @@ model keeps serving."""
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -135,3 +138,32 @@ def test_a_model_message_over_the_limit_is_rejected_before_it_is_decoded(
     assert [e["error_kind"] for e in rejections] == ["model_too_large", "model_too_large"]
     assert all(f"over the limit of {MiB} bytes" in e["reason"] for e in rejections)
     assert all("not decoded" in e["reason"] for e in rejections)
+
+
+def _with_gnu_tar(folder: Path, out: Path) -> bytes:
+    archive = out / "model.tar.gz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(folder), "."], check=True)
+    return archive.read_bytes()
+
+
+def _with_shutil(folder: Path, out: Path) -> bytes:
+    return Path(shutil.make_archive(str(out / "model"), "gztar", root_dir=folder)).read_bytes()
+
+
+@pytest.mark.parametrize("pack", [_with_gnu_tar, _with_shutil], ids=["tar-C", "shutil"])
+def test_a_savedmodel_archived_from_inside_its_folder_loads(
+    pack: Callable[[Path, Path], bytes], wine_dir: Path, tmp_path: Path
+) -> None:
+    """README: TENSORFLOWSAVED takes "a tar/zip archive of it as data". The usual ways to
+    archive a folder's contents (`tar -czf m.tgz -C folder .`, shutil.make_archive with
+    root_dir) write a first member "." and then "./saved_model.pb"; the real SavedModel packed
+    so loads (contract 3: a good model is not rejected)."""
+    data = pack(wine_dir / "saved" / "1", tmp_path)
+    with ServingCore(ServingSettings(security=LIMITS)) as core:
+        core.submit_model(_saved("packed", data))
+        assert core.wait_for_models(300)
+        _count, rejection = core.rejections_of("wine")
+        slot = core.find_slot("wine")
+        staged = None if slot is None or slot.staged is None else slot.staged.identity.name
+    assert rejection is None, rejection.reason
+    assert staged == "packed"

@@ -6,7 +6,12 @@ import pytest
 from pydantic import ValidationError
 
 from streamserve.errors import ConfigurationError
-from streamserve.settings import KafkaSettings, Settings, load_settings
+from streamserve.settings import (
+    MAX_MODEL_MESSAGE_BYTES_LIMIT,
+    KafkaSettings,
+    Settings,
+    load_settings,
+)
 
 
 def test_defaults() -> None:
@@ -104,3 +109,23 @@ def test_producer_values_that_keep_delivery_acknowledgements_pass_through() -> N
         "delivery.report.only.error": False,
     }
     assert KafkaSettings(producer=producer).producer == producer
+
+
+@pytest.mark.parametrize("limit", [1 << 30, 1 << 31], ids=["1GiB", "2GiB"])
+def test_a_model_message_limit_over_what_kafka_can_fetch_is_refused_naming_it(
+    limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """librdkafka fetches a message of at most 1,000,000,000 bytes (fetch.message.max.bytes),
+    and the models reader must fetch a model message whole: a larger limit stops the server at
+    startup naming serving.security.max_model_message_bytes, not the Kafka consumer's settings."""
+    monkeypatch.setenv("STREAMSERVE_SERVING__SECURITY__MAX_MODEL_MESSAGE_BYTES", str(limit))
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings()
+    assert f"serving.security.max_model_message_bytes: Value error, {limit} is over" in str(
+        refused.value
+    )
+    assert "fetch.message.max.bytes" in str(refused.value)
+    monkeypatch.setenv(
+        "STREAMSERVE_SERVING__SECURITY__MAX_MODEL_MESSAGE_BYTES", str(MAX_MODEL_MESSAGE_BYTES_LIMIT)
+    )
+    assert load_settings().serving.security.max_model_message_bytes == 1_000_000_000

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import uvicorn
 
 from streamserve.api.app import build_app
-from streamserve.api.protocol import head_deadline_protocol
-from streamserve.api.tls import tls_options
+from streamserve.api.protocol import ConnectionLimits, limited_protocol
+from streamserve.api.tls import tls_context
 from streamserve.errors import InfrastructureError
 from streamserve.serving.core import ServingCore
 from streamserve.settings import ApiSettings
@@ -25,11 +25,11 @@ log = logging.getLogger(__name__)
 class ApiServer:
     """The HTTP API of one core, served by uvicorn on a daemon thread beside the runtime.
 
-    The settings' limits hold: request heads (arrival time, see
-    :class:`~streamserve.api.protocol.HeadDeadlineProtocol`), request bodies (size and arrival
-    time, see :class:`~streamserve.api.limits.BodyLimits`), open connections (uvicorn's
-    ``limit_concurrency``: beyond it, 503), and with certificate files the API speaks HTTPS
-    only. Bad certificate files raise :class:`~streamserve.errors.ConfigurationError` here,
+    The settings' limits hold: open connections (beyond them, 503 and closed), the TLS handshake
+    and request heads (arrival time; all three in
+    :class:`~streamserve.api.protocol.LimitedProtocol`), request bodies (size and arrival time,
+    see :class:`~streamserve.api.limits.BodyLimits`), and with certificate files the API speaks
+    HTTPS only. Bad certificate files raise :class:`~streamserve.errors.ConfigurationError` here,
     before anything listens. :meth:`start` returns once the socket listens (port 0 takes a free
     port: read :attr:`port`). The core belongs to the runtime: stopping the server leaves it open.
     """
@@ -41,7 +41,7 @@ class ApiServer:
         is_ready: Callable[[], bool],
         consumer_lag: Callable[[], int | None] | None = None,
     ) -> None:
-        tls = tls_options(settings)
+        tls = tls_context(settings)
         token = settings.admin_token
         app = build_app(
             core,
@@ -56,16 +56,22 @@ class ApiServer:
             port=settings.port or 0,
             log_level="warning",
             lifespan="off",
-            http=head_deadline_protocol(settings.header_timeout_s),
+            # TLS, the head deadline and the connection limit are the protocol's (uvicorn's own
+            # limit_concurrency holds no connection back, and its TLS handshake takes 60 s).
+            http=limited_protocol(
+                ConnectionLimits(
+                    head_timeout_s=settings.header_timeout_s,
+                    max_connections=settings.max_connections,
+                    tls=tls,
+                )
+            ),
             ws="none",  # no route takes a WebSocket
-            limit_concurrency=settings.max_connections,
-            **tls,
         )
         self._settings = settings
-        self._scheme = "https" if tls else "http"
+        self._scheme = "http" if tls is None else "https"
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="http-api", daemon=True)
-        if token is not None and not tls and not _is_loopback(settings.host):
+        if token is not None and tls is None and not _is_loopback(settings.host):
             log.warning(
                 "admin actions are enabled over plain HTTP on %s: the admin token crosses the "
                 "network in clear text; set api.tls_certfile and api.tls_keyfile",

@@ -1,26 +1,26 @@
-"""TLS of the HTTP API: its certificate files, checked at startup, as uvicorn's options.
+"""TLS of the HTTP API: its certificate files, loaded at startup into the server's context.
 
-uvicorn loads the files only once its thread runs, where a bad file would read as "the HTTP API
-did not start"; loading them here first names the setting at fault. An encrypted key is refused
-rather than letting OpenSSL ask for its password on the server's terminal.
+The files are loaded before the server's thread starts, where a bad file would read as "the
+HTTP API did not start": the error names the setting at fault. An encrypted key is refused
+rather than letting OpenSSL ask for its password on the server's terminal. The handshake itself
+is done by :class:`~streamserve.api.protocol.LimitedProtocol`, within the head deadline.
 """
 
 from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any
 
 from streamserve.errors import ConfigurationError
 from streamserve.settings import ApiSettings
 
 
-def tls_options(settings: ApiSettings) -> dict[str, Any]:
-    """uvicorn's ``ssl_*`` options for ``settings`` (none without a certificate), once the
-    files load; raises :class:`ConfigurationError` naming the setting whose file does not."""
+def tls_context(settings: ApiSettings) -> ssl.SSLContext | None:
+    """The server's TLS context for ``settings`` (none without a certificate); raises
+    :class:`ConfigurationError` naming the setting whose file does not load."""
     certfile, keyfile, ca_certs = settings.tls_certfile, settings.tls_keyfile, settings.tls_ca_certs
     if certfile is None or keyfile is None:  # the settings allow both or neither
-        return {}
+        return None
     for setting, path in (("tls_certfile", certfile), ("tls_keyfile", keyfile)):
         _check_readable(setting, path)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -31,7 +31,6 @@ def tls_options(settings: ApiSettings) -> dict[str, Any]:
             f"api.tls_certfile ({certfile}) and api.tls_keyfile ({keyfile}) are not a PEM "
             f"certificate and its unencrypted private key: {err}"
         ) from err
-    options: dict[str, Any] = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
     if ca_certs is not None:
         _check_readable("tls_ca_certs", ca_certs)
         try:
@@ -40,8 +39,8 @@ def tls_options(settings: ApiSettings) -> dict[str, Any]:
             raise ConfigurationError(
                 f"api.tls_ca_certs ({ca_certs}) holds no PEM CA certificate: {err}"
             ) from err
-        options |= {"ssl_ca_certs": str(ca_certs), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    return options
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 class _EncryptedKeyError(Exception):

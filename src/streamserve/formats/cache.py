@@ -51,6 +51,7 @@ from pathlib import Path
 from types import TracebackType
 
 from streamserve.errors import ModelLoadError
+from streamserve.formats.archive import FOLDER_BYTES
 
 DEFAULT_MAX_BYTES = 10 * 1024**3
 DEFAULT_STALE_AFTER_S = 3600.0
@@ -401,8 +402,11 @@ def _lstat(path: Path) -> os.stat_result | None:
 
 
 def _tree_size(directory: Path) -> int:
+    """The files' bytes and :data:`FOLDER_BYTES` a folder, as the archive limits count them: an
+    entry of many empty folders is as large as the disk it takes, and pruned for it."""
     total = 0
-    for parent, _, files in os.walk(directory):  # errors (a tree removed meanwhile) skipped
+    for parent, folders, files in os.walk(directory):  # errors (a tree removed meanwhile) skipped
+        total += FOLDER_BYTES * len(folders)
         for name in files:
             status = _lstat(Path(parent, name))
             total += status.st_size if status is not None else 0

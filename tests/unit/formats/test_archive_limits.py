@@ -5,17 +5,23 @@ refused archive leaves nothing behind, in a scratch directory or in the artifact
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import stat
 import struct
+import subprocess
+import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from streamserve.errors import ModelLoadError, ModelTooLargeError
+from streamserve.formats.archive import FOLDER_BYTES, MAX_PATH_DEPTH
 from streamserve.formats.artifact import (
     ArchiveLimits,
     InlineArtifact,
@@ -183,7 +189,9 @@ def test_an_archive_within_the_limits_unpacks(tmp_path: Path) -> None:
     for pack in (pack_directory(source), _zip({"saved_model.pb": b"graph", "variables/": b""})):
         destination = tmp_path / f"out-{len(pack)}"
         destination.mkdir()
-        unpack_archive(pack, destination, ArchiveLimits(max_unpacked_bytes=10, max_members=3))
+        # 10 bytes of files, and the one folder
+        limits = ArchiveLimits(max_unpacked_bytes=10 + FOLDER_BYTES, max_members=3)
+        unpack_archive(pack, destination, limits)
         assert (destination / "saved_model.pb").read_bytes() == b"graph"
 
 
@@ -273,3 +281,150 @@ def test_a_traversal_archive_leaves_no_cache_entry(tmp_path: Path, scratch_dir: 
         materialize_directory(InlineArtifact(archive), cache, LIMIT)
     assert list((tmp_path / "cache" / "unpacked").iterdir()) == []
     assert not (tmp_path / "escaped").exists()
+
+
+def _model_folder(root: Path) -> Path:
+    (root / "variables").mkdir(parents=True)
+    (root / "saved_model.pb").write_bytes(b"graph")
+    (root / "variables" / "variables.index").write_bytes(b"index")
+    return root
+
+
+def _with_gnu_tar(folder: Path, out: Path) -> bytes:
+    archive = out / "model.tar.gz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(folder), "."], check=True)
+    return archive.read_bytes()
+
+
+def _with_shutil(folder: Path, out: Path) -> bytes:
+    return Path(shutil.make_archive(str(out / "model"), "gztar", root_dir=folder)).read_bytes()
+
+
+@pytest.mark.parametrize("pack", [_with_gnu_tar, _with_shutil], ids=["tar-C", "shutil"])
+def test_a_folder_archived_from_inside_unpacks(
+    pack: Callable[[Path, Path], bytes], tmp_path: Path
+) -> None:
+    """`tar -czf m.tgz -C folder .` and shutil.make_archive(root_dir=folder) write a first member
+    "." (the folder itself), then "./saved_model.pb": "." is the top folder, "./a" is "a"."""
+    archive = pack(_model_folder(tmp_path / "model"), tmp_path)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as packed:
+        names = packed.getnames()
+    assert names[0] == "."
+    assert "./saved_model.pb" in names
+    destination = tmp_path / "out"
+    destination.mkdir()
+    unpack_archive(archive, destination, LIMIT)
+    assert (destination / "saved_model.pb").read_bytes() == b"graph"
+    assert (destination / "variables" / "variables.index").read_bytes() == b"index"
+
+
+def test_a_file_member_named_dot_is_refused(tmp_path: Path) -> None:
+    archive = _tar_of(_tar_info("./", tarfile.REGTYPE, size=3))
+    with pytest.raises(ModelLoadError, match="a file in place of the top folder"):
+        unpack_archive(archive, tmp_path / "out", LIMIT)
+
+
+def _gzip_of(parts: list[tuple[bytes, int]]) -> bytes:
+    """A gzip stream of ``parts``, each (bytes, how many times in a row), never held whole."""
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = io.BytesIO()
+    for chunk, times in parts:
+        for _ in range(times):
+            out.write(compressor.compress(chunk))
+    out.write(compressor.flush())
+    return out.getvalue()
+
+
+_MEASURE_UNPACK = """
+import resource, sys
+from pathlib import Path
+from streamserve.formats.archive import ArchiveLimits
+data = Path(sys.argv[1]).read_bytes()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    ArchiveLimits(max_unpacked_bytes=1 << 20).unpack(data, Path(sys.argv[2]))
+    outcome = "unpacked"
+except Exception as err:
+    outcome = f"{type(err).__name__}: {err}"
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) // 1024)
+print(outcome)
+"""
+
+
+@pytest.mark.parametrize(
+    "header", [tarfile.GNUTYPE_LONGNAME, tarfile.XHDTYPE], ids=["gnu-long-name", "pax"]
+)
+def test_a_tar_header_declaring_hundreds_of_mib_is_refused_without_being_held(
+    header: bytes, tmp_path: Path
+) -> None:
+    """A sub-MiB gzip'd tar whose first header (a GNU long name, a PAX header) holds 768 MiB of
+    zeros: tarfile reads such a header whole into memory before it yields a member, so the
+    decompressed stream is counted as it is read (max_unpacked_bytes, 1 MiB here, plus a
+    header allowance). Measured in a process of its own."""
+    declared = 768 * MiB
+    archive = _gzip_of(
+        [
+            (_tar_info("././@LongLink", header, size=declared).tobuf(tarfile.USTAR_FORMAT), 1),
+            (bytes(MiB), declared // MiB),
+            (_tar_info("saved_model.pb", tarfile.REGTYPE).tobuf(tarfile.USTAR_FORMAT), 1),
+            (bytes(1024), 1),
+        ]
+    )
+    assert len(archive) < 2 * MiB
+    (tmp_path / "bomb.tar.gz").write_bytes(archive)
+    (tmp_path / "out").mkdir()
+    run = subprocess.run(
+        [sys.executable, "-c", _MEASURE_UNPACK, str(tmp_path / "bomb.tar.gz"), tmp_path / "out"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    grew_mib, outcome = run.stdout.strip().split("\n", 1)
+    assert outcome.startswith("ModelTooLargeError: archive's tar headers (long names, PAX")
+    assert "serving.security.max_unpacked_bytes" in outcome
+    assert int(grew_mib) < 64, f"the process grew by {grew_mib} MiB ({outcome})"
+
+
+def _disk_used(folder: Path) -> int:
+    """Disk space taken by everything under ``folder``, folders included."""
+    return sum(os.lstat(path).st_blocks * 512 for path in folder.rglob("*"))
+
+
+def test_nested_folders_count_against_the_unpacked_bytes_limit(tmp_path: Path) -> None:
+    """Empty files, each under 60 folders of its own: the folders their paths imply count
+    FOLDER_BYTES each, so a small archive cannot fill the disk with folders (or inodes)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as archive:
+        for number in range(200):
+            archive.addfile(tarfile.TarInfo(f"m{number}/" + "d/" * 60 + "f"))
+    limit = ArchiveLimits(max_unpacked_bytes=MiB, max_members=100_000)
+    destination = tmp_path / "out"
+    destination.mkdir()
+    with pytest.raises(ModelTooLargeError, match="folders 4096 each") as refused:
+        unpack_archive(buffer.getvalue(), destination, limit)
+    assert "serving.security.max_unpacked_bytes" in str(refused.value)
+    assert sum(1 for path in destination.rglob("*") if path.is_dir()) <= MiB // FOLDER_BYTES
+    assert _disk_used(destination) <= 2 * MiB
+
+
+@pytest.mark.parametrize("pack", [_tar, _zip])
+def test_implied_folders_count_as_members(
+    pack: Callable[[dict[str, bytes]], bytes], tmp_path: Path
+) -> None:
+    limit = ArchiveLimits(max_unpacked_bytes=MiB, max_members=50)
+    archive = pack({f"{number}/{number}/f": b"" for number in range(20)})  # 20 files, 40 folders
+    with pytest.raises(ModelTooLargeError, match="more than 50 members, the folders"):
+        unpack_archive(archive, tmp_path / "out", limit)
+    assert sum(1 for path in (tmp_path / "out").rglob("*")) <= 50
+
+
+@pytest.mark.parametrize("pack", [_tar, _zip])
+def test_a_name_deeper_than_the_depth_cap_is_refused_before_anything_is_made(
+    pack: Callable[[dict[str, bytes]], bytes], tmp_path: Path
+) -> None:
+    archive = pack({"/".join(["d"] * MAX_PATH_DEPTH) + "/f": b""})
+    with pytest.raises(ModelLoadError, match=f"is {MAX_PATH_DEPTH + 1} levels deep"):
+        unpack_archive(archive, tmp_path / "out", LIMIT)
+    assert list((tmp_path / "out").iterdir()) == []

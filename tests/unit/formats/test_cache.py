@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from streamserve.errors import ModelLoadError
+from streamserve.formats.archive import FOLDER_BYTES
 from streamserve.formats.artifact import pack_directory, unpack_archive
 from streamserve.formats.cache import ArtifactCache
 
@@ -85,6 +86,23 @@ def test_entries_beyond_the_budget_are_pruned_least_recently_used_first(tmp_path
     assert used.is_dir()
     assert newest.is_dir()
     assert _dot_names(tmp_path / "cache") == []
+
+
+def test_entries_of_empty_folders_count_their_folders_and_are_pruned(tmp_path: Path) -> None:
+    """An entry's size counts each folder as the archive limits do (FOLDER_BYTES), so entries
+    that are mostly folders do not escape artifact_cache_max_bytes."""
+    cache = ArtifactCache(tmp_path / "cache", max_bytes=50 * FOLDER_BYTES)
+    entries = []
+    for name in ("old", "new"):
+        source = tmp_path / f"source-{name}"
+        for number in range(30):
+            (source / name / str(number)).mkdir(parents=True)
+        with cache.unpacked(pack_directory(source), unpack_archive) as entry:
+            entries.append(entry)
+        os.utime(entry, (len(entries), len(entries)))
+    old, new = entries
+    assert not old.exists()  # 2 x 31 folders are over the 50 the budget holds
+    assert new.is_dir()
 
 
 def test_passed_checks_are_remembered_by_digest(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from streamserve.errors import ConfigurationError, InfrastructureError
-from streamserve.settings import KafkaSettings
+from streamserve.settings import MAX_MODEL_MESSAGE_BYTES_LIMIT, KafkaSettings
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, KafkaError, Message, Producer
@@ -110,7 +110,14 @@ class KafkaClients:
                 **DATA_CONSUMER_DEFAULTS,
             }
         )
-        # the largest model message admitted must fit one fetch, or the reader stalls on it
+        # The largest model message admitted must fit one fetch, or the reader stalls on it.
+        # The settings bound it by librdkafka's largest fetch.message.max.bytes; the 1 MiB of
+        # receive.message.max.bytes above it stays under that one's bound (2**31 - 1).
+        if max_model_message_bytes > MAX_MODEL_MESSAGE_BYTES_LIMIT:
+            raise ConfigurationError(
+                f"serving.security.max_model_message_bytes ({max_model_message_bytes}) is over "
+                f"{MAX_MODEL_MESSAGE_BYTES_LIMIT}, the largest message librdkafka fetches"
+            )
         models_fetch_bytes = max(MAX_MESSAGE_BYTES, max_model_message_bytes)
         self.models: Consumer = self._consumer(
             {
