@@ -195,14 +195,17 @@ def test_an_inference_request_that_hangs_fails_with_the_time_limit_and_quarantin
             1: ("error", "scoring_timeout"),
         }
         assert (
-            "model 'hangs' of key 'stuck' has a call running past the scoring deadline (0.5 s)"
+            "a call in model 'hangs' of key 'stuck' did not return within 0.5 s"
             in outcome.errors[0].reason
         )
+        again = _score(core, _batch(STUCK_KEY), observe=False)  # answered at once, no new thread
+        assert "has a call running past the scoring deadline (0.5 s)" in again.errors[0].reason
+        assert core.overrunning_calls == 1
         slot = core.find_slot(STUCK_KEY)
         assert slot is not None
         assert slot.current is not None
         assert slot.current.identity.name == "hangs"
-        assert core.counts["errors.scoring_timeout"] == 2
+        assert core.counts["errors.scoring_timeout"] == 3
 
 
 def test_a_model_whose_probe_hangs_is_rejected_and_closed_once_the_call_returns(

@@ -18,14 +18,9 @@ import numpy as np
 
 from streamserve.codecs.base import Codec, DecodedBatch, FieldOrder, InputRecord
 from streamserve.errors import InfrastructureError, RecordDecodeError
-from streamserve.runtime.encoding import (
-    INTERNAL_ERROR,
-    OutputMessage,
-    encode_internal_error,
-    encode_outcome,
-)
+from streamserve.runtime.encoding import OutputMessage, encode_internal_error, encode_outcome
 from streamserve.serving.core import ServingCore
-from streamserve.serving.outcome import BatchOutcome, RecordError
+from streamserve.serving.outcome import INTERNAL_ERROR, BatchOutcome, RecordError
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,12 @@ from streamserve.codecs.base import InputRecord
 from streamserve.errors import ScoringError
 from streamserve.serving.core import ServingCore
 from streamserve.serving.events import ModelEvent, ModelEventKind
-from streamserve.serving.outcome import BatchOutcome, RecordError, ScoredGroup
+from streamserve.serving.outcome import INTERNAL_ERROR, BatchOutcome, RecordError, ScoredGroup
 
 OutputMessage = tuple[bytes | None, bytes]  # (message key, message value)
 MAX_ERROR_INPUT_BYTES = 64 * 1024  # at most 6x that once JSON-escaped: under Kafka's 1 MB
 MAX_REASON_CHARS = 4096
 MAX_ERROR_KEY_CHARS = 1024  # an error record's key (in the document and as the message key)
-INTERNAL_ERROR = "internal_error"  # the kind of a record failed by a defect no step foresaw
 
 
 def encode_outcome(outcome: BatchOutcome) -> tuple[list[OutputMessage], list[OutputMessage]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from bisect import bisect_left
 from collections import Counter, deque
 from collections.abc import Callable
@@ -33,11 +34,11 @@ from streamserve.formats.cache import ArtifactCache
 from streamserve.formats.registry import FactoryRegistry
 from streamserve.serving.admission import ModelAdmission
 from streamserve.serving.budget import LiveModels
-from streamserve.serving.deadline import CallOverran, TimedCalls
+from streamserve.serving.deadline import CallSite, CallWatch, TimedCall, TimedCalls, result_of
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.loader import LoadJob, ModelLoader
-from streamserve.serving.outcome import BatchOutcome, RecordError
-from streamserve.serving.routing import KeyRouter, RouteCall, WatchedRouter, routed_batch
+from streamserve.serving.outcome import INTERNAL_ERROR, BatchOutcome, RecordError
+from streamserve.serving.routing import KeyRouter, WatchedRouter, routed_batch
 from streamserve.serving.scoring import ModelCall, ModelScoring
 from streamserve.serving.slot import ModelSlot, Rejection, ServedModel
 from streamserve.settings import ServingSettings
@@ -65,7 +66,8 @@ class ServingCore:
         router: KeyRouter | None = None,
     ) -> None:
         self._settings = settings
-        self._router = None if router is None else WatchedRouter(router)
+        self._watch = CallWatch()
+        self._router = None if router is None else WatchedRouter(router, self._watch)
         self._admission = ModelAdmission(settings.security)  # first: bad keys stop startup
         self._registry = registry or FactoryRegistry(
             FactoryContext(
@@ -103,7 +105,9 @@ class ServingCore:
         )
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
-        self._scoring = ModelScoring(settings, self.live_models, self._events, self._count)
+        self._scoring = ModelScoring(
+            settings, self.live_models, self._events, self._count, self._watch
+        )
         self._scoring_calls = TimedCalls("scoring")
 
     @property
@@ -279,56 +283,63 @@ class ServingCore:
             outcome = self._score_now(batch, observe, None)
         else:
             outcome = self._score_within(batch, observe, deadline_s)
+        _complete(outcome, len(batch))
         outcome.record_stats()
         self._count_batch(batch, outcome)
         return outcome
 
     def _score_within(self, batch: DecodedBatch, observe: bool, deadline_s: float) -> BatchOutcome:
-        """Scores ``batch`` on a worker, waiting at most ``deadline_s``.
+        """Scores ``batch`` on a worker, giving each model or routing call ``deadline_s``.
 
-        A call that overruns is left running, and the batch is scored again from its start
-        without it: the call's model (or the router's key) gets no more calls until that call
-        returns (its records fail at once with ``scoring_timeout``), and for stream records
-        the model is taken out of service. Each attempt finds a new stuck call, so a batch
-        costs one deadline per model that hangs in it. The abandoned attempts' outcomes are
-        never used: no record is scored twice into the output.
+        A batch of many calls may take longer than the deadline; a single call that overruns
+        it is stuck. It is left running, and its model (or the router's key) gets no more
+        calls until it returns. For stream records the model is taken out of service and the
+        batch scored again from its start without it (each attempt finds a new stuck call, so
+        a batch costs one deadline per model that hangs in it); a request (V2) fails with the
+        time limit. An abandoned attempt's outcome is never used: no record is scored twice
+        into the output.
         """
         stuck: set[CallSite] = set()
         while True:
             cancelled = threading.Event()
-            try:
-                return self._scoring_calls.call(
-                    lambda: self._score_now(batch, observe, cancelled),  # noqa: B023 - called at once
-                    deadline_s,
-                    f"scoring a batch of {len(batch)} records",
-                )
-            except CallOverran as overran:
-                cancelled.set()
-                site = self._call_site(overran.call.worker)
-                if site is not None:
-                    site.call_stuck()
-                cleanup = None if site is None else _returned(site)
-                if not self._scoring_calls.abandon(overran, cleanup):  # it returned just now
-                    if site is not None:
-                        site.call_returned()
-                    if overran.call.error is not None:
-                        raise overran.call.error from None
-                    return cast(BatchOutcome, overran.call.result)
-                self._count(model_calls_overran=1)
-                if site is None or site in stuck:
-                    return self._timed_out(batch, deadline_s)
-                stuck.add(site)
-                self._report_stuck(site, deadline_s, observe)
+            timed = self._scoring_calls.start(
+                lambda: self._score_now(batch, observe, cancelled),  # noqa: B023 - runs before the next turn
+                f"scoring a batch of {len(batch)} records",
+            )
+            overran, site = self._wait_for(timed, deadline_s)
+            if not overran:
+                return cast(BatchOutcome, result_of(timed))
+            if site is not None:
+                site.call_stuck()
+            if not self._scoring_calls.abandon_call(
+                timed, None if site is None else _returned(site)
+            ):
+                if site is not None:  # it returned meanwhile: its outcome is whole
+                    site.call_returned()
+                return cast(BatchOutcome, result_of(timed))
+            cancelled.set()  # only now: a cancelled attempt's outcome is partial
+            self._count(model_calls_overran=1)
+            if site is None or site in stuck:
+                return self._timed_out(batch, deadline_s, site)
+            stuck.add(site)
+            self._report_stuck(site, deadline_s, observe)
+            if not observe:  # a request gains nothing from a second attempt
+                return self._timed_out(batch, deadline_s, site)
 
-    def _call_site(self, worker: threading.Thread | None) -> CallSite | None:
-        """The model call or the routing call ``worker`` is in, if any."""
-        model_call = self._scoring.model_call_on(worker)
-        if model_call is not None or self._router is None:
-            return model_call
-        return self._router.call_on(worker)
+    def _wait_for(self, timed: TimedCall, deadline_s: float) -> tuple[bool, CallSite | None]:
+        """Waits while ``timed`` makes progress: whether a call of it (or the time between
+        calls) overran ``deadline_s``, and where it is stuck then."""
+        wait_s = deadline_s
+        while not timed.wait(wait_s):
+            site, since = self._watch.where(timed)
+            waited = time.monotonic() - since
+            if waited >= deadline_s:
+                return True, site
+            wait_s = deadline_s - waited
+        return False, None
 
     def _report_stuck(self, site: CallSite, deadline_s: float, observe: bool) -> None:
-        if isinstance(site, RouteCall):
+        if not isinstance(site, ModelCall):
             log.error(
                 "%s did not return within %g s; the call is left running and the key's records "
                 "fail until it returns",
@@ -339,23 +350,24 @@ class ServingCore:
         reason = (
             f"{site.describe()} did not return from scoring {site.records} records within "
             f"{deadline_s:g} s; the call is left running (a call into a model library cannot be "
-            "interrupted) and the model gets no more calls"
+            "interrupted) and the model gets no more calls until it returns"
         )
         if not observe:  # a request never takes a model out of service
             log.error("%s (an inference request)", reason)
             return
-        reason += ": it is out of service"
+        reason += "; it is out of service"
         log.error("%s", reason)
         self._scoring.quarantine(site.slot, site.served, reason, ScoringTimeoutError.kind)
 
-    def _timed_out(self, batch: DecodedBatch, deadline_s: float) -> BatchOutcome:
-        """Every record of ``batch`` failed with the time limit (decoding errors kept): the
-        scoring was stuck in no model or routing call the deadline could find."""
+    def _timed_out(
+        self, batch: DecodedBatch, deadline_s: float, site: CallSite | None
+    ) -> BatchOutcome:
+        """Every record of ``batch`` failed with the time limit (decoding errors kept)."""
+        where = "outside any model or routing call" if site is None else f"in {site.describe()}"
         error = ScoringTimeoutError(
-            f"scoring the batch did not finish within {deadline_s:g} s, stuck outside any model "
-            "or routing call"
+            f"scoring the batch did not finish: a call {where} did not return within "
+            f"{deadline_s:g} s"
         )
-        log.error("%s", error)
         outcome = BatchOutcome(batch.records)
         for row in range(len(batch)):
             decoding = batch.errors.get(row)
@@ -368,6 +380,7 @@ class ServingCore:
     def _score_now(
         self, batch: DecodedBatch, observe: bool, cancelled: threading.Event | None
     ) -> BatchOutcome:
+        self._watch.begin()
         outcome = BatchOutcome(batch.records)
         for row, error in batch.errors.items():
             outcome.errors.append(RecordError(row, error.kind, str(error)))
@@ -470,7 +483,20 @@ class ServingCore:
             slot.close()
 
 
-CallSite = ModelCall | RouteCall
+def _complete(outcome: BatchOutcome, records: int) -> None:
+    """Gives a record that got no outcome an ``internal_error``: a defect, said rather than
+    lost (its offset would be committed with no output)."""
+    if outcome.result_count + outcome.error_count == records:
+        return
+    answered = {error.row for error in outcome.errors}
+    for group in outcome.groups:
+        answered.update(group.rows.tolist())
+    lost = [row for row in range(records) if row not in answered]
+    log.error("a defect: %d records of a batch of %d got no outcome", len(lost), records)
+    outcome.errors.extend(
+        RecordError(row, INTERNAL_ERROR, "scoring gave this record no outcome (a defect)")
+        for row in lost
+    )
 
 
 def _returned(site: CallSite) -> Callable[[object, BaseException | None], None]:

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar, cast
+from typing import Protocol, TypeVar, cast
 
 T = TypeVar("T")
 
@@ -40,6 +40,7 @@ class TimedCall:
 
     function: Callable[[], object]
     description: str
+    handed_at: float = field(default_factory=time.monotonic)
     worker: threading.Thread | None = None
     started_at: float | None = None
     result: object = None
@@ -101,25 +102,28 @@ class TimedCalls:
     def call(self, function: Callable[[], T], timeout_s: float, description: str) -> T:
         """``function()``'s result, run on a worker; raises what it raises, or
         :class:`CallOverran` (carrying the call, still running) once ``timeout_s`` passes."""
-        timed = TimedCall(function, description)
-        self._hand_over(timed)
+        timed = self.start(function, description)
         if not timed.wait(timeout_s):
             raise CallOverran(timed, timeout_s)
-        if timed.error is not None:
-            raise timed.error
-        return cast(T, timed.result)
+        return cast(T, result_of(timed))
 
-    def abandon(
-        self,
-        overran: CallOverran,
-        cleanup: LateCleanup | None = None,
-    ) -> bool:
+    def start(self, function: Callable[[], object], description: str) -> TimedCall:
+        """``function`` handed to a worker; wait for it with :meth:`TimedCall.wait`."""
+        timed = TimedCall(function, description)
+        self._hand_over(timed)
+        return timed
+
+    def abandon(self, overran: CallOverran, cleanup: LateCleanup | None = None) -> bool:
         """Gives up on an overrunning call (see :meth:`TimedCall.abandon`)."""
-        abandoned = overran.call.abandon(cleanup)
+        return self.abandon_call(overran.call, cleanup)
+
+    def abandon_call(self, timed: TimedCall, cleanup: LateCleanup | None = None) -> bool:
+        """Gives up on a running call (see :meth:`TimedCall.abandon`)."""
+        abandoned = timed.abandon(cleanup)
         if abandoned:
             with self._lock:
                 self._abandoned = [call for call in self._abandoned if call.running]
-                self._abandoned.append(overran.call)
+                self._abandoned.append(timed)
         return abandoned
 
     @property
@@ -162,3 +166,57 @@ class TimedCalls:
                 self._idle += 1
         with self._lock:
             self._workers.discard(threading.current_thread())
+
+
+def result_of(timed: TimedCall) -> object:
+    """A returned call's result, or the error it raised, raised."""
+    if timed.error is not None:
+        raise timed.error
+    return timed.result
+
+
+class CallSite(Protocol):
+    """A call a deadline can find a worker stuck in (a model's, a router's), hashable."""
+
+    def describe(self) -> str: ...
+
+    def call_stuck(self) -> None:
+        """A call here overran: no more calls until :meth:`call_returned`."""
+        ...
+
+    def call_returned(self) -> None: ...
+
+    def __hash__(self) -> int: ...
+
+
+class CallWatch:
+    """Where each worker is in its work, for a deadline to read: the call it is in (a model's,
+    a router's) and since when, or since when it is between calls.
+
+    A deadline then judges each call by its own time, not the whole batch's: a batch of many
+    keys, each answered in time, is slow but not stuck.
+    """
+
+    def __init__(self) -> None:
+        self._where: dict[int, tuple[CallSite | None, float]] = {}
+
+    def begin(self) -> None:
+        """The calling thread starts a new piece of work (a batch), in no call yet."""
+        self._where[threading.get_ident()] = (None, time.monotonic())
+
+    def enter(self, site: CallSite) -> None:
+        self._where[threading.get_ident()] = (site, time.monotonic())
+
+    def leave(self) -> None:
+        self._where[threading.get_ident()] = (None, time.monotonic())
+
+    def where(self, call: TimedCall) -> tuple[CallSite | None, float]:
+        """The call site ``call``'s worker is in (``None`` between calls) and since when, as
+        far as it got in ``call``: before its worker began it, since it was handed over."""
+        worker, started = call.worker, call.started_at
+        if worker is not None and worker.ident is not None and started is not None:
+            site, since = self._where.get(worker.ident, (None, started))
+            if since >= started:
+                return site, since
+            return None, started
+        return None, call.handed_at

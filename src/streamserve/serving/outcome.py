@@ -13,6 +13,8 @@ from streamserve.codecs.base import InputRecord
 from streamserve.errors import RejectedInput
 from streamserve.serving.slot import ModelIdentity
 
+INTERNAL_ERROR = "internal_error"  # the kind of a record failed by a defect no step foresaw
+
 
 @dataclass(frozen=True, slots=True)
 class ScoredGroup:

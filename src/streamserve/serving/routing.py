@@ -26,6 +26,7 @@ import numpy.typing as npt
 from streamserve.codecs.base import DecodedBatch, InputRecord
 from streamserve.errors import ConfigurationError, ScoringError, ScoringTimeoutError
 from streamserve.plugins import NamedPlugins, reason
+from streamserve.serving.deadline import CallWatch
 from streamserve.serving.outcome import BatchOutcome
 
 ROUTERS = NamedPlugins(
@@ -62,16 +63,16 @@ def load_router(name: str, options: Mapping[str, object]) -> KeyRouter:
 
 
 class WatchedRouter:
-    """A router whose calls a scoring deadline can find: which key each thread routes now.
+    """A router whose calls a scoring deadline can find (:class:`CallWatch`).
 
     A key whose routing overran the deadline (:meth:`RouteCall.call_stuck`) is not routed
     again until that call returns: its records fail at once, rather than each batch losing
     another thread to the same stuck call.
     """
 
-    def __init__(self, router: KeyRouter) -> None:
+    def __init__(self, router: KeyRouter, watch: CallWatch) -> None:
         self._router = router
-        self._routing: dict[int, str] = {}  # thread ident -> the key it routes
+        self._watch = watch
         self._stuck: Counter[str] = Counter()
         self._lock = threading.Lock()
 
@@ -81,17 +82,11 @@ class WatchedRouter:
                 f"routing the records of key {key!r} overran the scoring deadline and has not "
                 "returned; the key's records are not routed until it does"
             )
-        thread = threading.get_ident()
-        self._routing[thread] = key
+        self._watch.enter(RouteCall(self, key))
         try:
             return self._router.route(key, records, rows)
         finally:
-            del self._routing[thread]
-
-    def call_on(self, thread: threading.Thread | None) -> RouteCall | None:
-        """The routing call ``thread`` is in, if it is in one."""
-        key = None if thread is None or thread.ident is None else self._routing.get(thread.ident)
-        return None if key is None else RouteCall(self, key)
+            self._watch.leave()
 
     def _mark(self, key: str, change: int) -> None:
         with self._lock:

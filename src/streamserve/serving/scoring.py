@@ -8,7 +8,6 @@ records fail), checks the outputs as validation did, and quarantines a model tha
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from streamserve.errors import (
 )
 from streamserve.formats.base import FloatMatrix, InputSpec, Model
 from streamserve.serving.budget import LiveModels
+from streamserve.serving.deadline import CallWatch
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.features import (
     FeatureMapping,
@@ -73,18 +73,13 @@ class ModelScoring:
         live_models: LiveModels,
         events: EventLog,
         count: Callable[..., None],
+        watch: CallWatch,
     ) -> None:
         self._settings = settings
         self._live_models = live_models
         self._events = events
         self._count = count
-        self._model_calls: dict[int, ModelCall] = {}  # thread ident -> the model it calls
-
-    def model_call_on(self, thread: threading.Thread | None) -> ModelCall | None:
-        """The model call ``thread`` is in, if it is in one."""
-        if thread is None or thread.ident is None:
-            return None
-        return self._model_calls.get(thread.ident)
+        self._watch = watch
 
     def score(
         self,
@@ -207,8 +202,7 @@ class ModelScoring:
             return
         started = time.perf_counter()
         model_failures = 0  # records the model raised on (not values it gave for one record)
-        thread = threading.get_ident()
-        self._model_calls[thread] = ModelCall(slot, served, len(rows))
+        self._watch.enter(ModelCall(slot, served, len(rows)))
         try:
             with served.instance() as model:
                 try:
@@ -225,7 +219,7 @@ class ModelScoring:
             self._fail(outcome, rows, err, key, served)
             rows, model_failures = rows[:0], len(rows)
         finally:
-            del self._model_calls[thread]
+            self._watch.leave()
         self._live_models.touch(served)
         elapsed = time.perf_counter() - started
         # the failure streak, like the statistics, counts only once the outcome is accepted:

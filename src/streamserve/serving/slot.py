@@ -310,7 +310,9 @@ class ModelSlot:
 
     def _promote(self) -> tuple[ServedModel | None, ServedModel | None, bool]:
         """Under the lock: (current model, model retired by a swap, whether it swapped)."""
-        if self._staged is None or self._pinned:
+        # a pin keeps the current model serving; a key with none yet (pinned right after a
+        # start, before its first batch) takes its staged model, or it would serve nothing
+        if self._staged is None or (self._pinned and self._current is not None):
             return self._current, None, False
         staged, self._staged = self._staged, None
         retired, self._previous, self._current = self._previous, self._current, staged
@@ -417,7 +419,8 @@ class ModelSlot:
         return restored
 
     def pin(self, pinned: bool) -> None:
-        """While pinned, new models load and wait staged; the current model keeps serving."""
+        """While pinned, new models load and wait staged; the current model keeps serving (a
+        key with no current model yet still takes its first)."""
         with self._lock:
             self._pinned = pinned
 
