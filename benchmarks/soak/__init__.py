@@ -7,7 +7,9 @@ every 10 s and a KServe V2 request every second, against ``streamserve serve --r
 in its own process. Every 10 s a CSV row (RSS, open descriptors, threads, JVM heap, p50/p99
 latency, throughput, consumer lag); at the end a PNG of them and the verdict (see
 :mod:`benchmarks.soak.verdict`): exit status 1 when, after the warm-up, RSS or p99 latency grew
-by more than 10 %, or any record is unaccounted for.
+by more than 10 %, the server stalled or fell behind the paced rate, its results show that it
+did not swap the models published, or any record is unaccounted for. ``--judge DIR`` judges a
+recorded run again.
 """
 
 from __future__ import annotations
@@ -16,16 +18,32 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmarks.broker import BROKERS
 
+if TYPE_CHECKING:
+    from benchmarks.soak.verdict import Verdict
+
 
 def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    if args.judge is not None:
+        from benchmarks.soak.rejudge import rejudge
+
+        verdict = rejudge(args.judge)
+        _print(verdict)
+        if verdict.passed:
+            print(f"passed: {args.judge} under the current rules")
+        return 0 if verdict.passed else 1
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from benchmarks.soak.run import SoakOptions, run_soak
     from benchmarks.soak.traffic import ChurnPlan
     from benchmarks.soak.verdict import Limits
 
-    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     options = SoakOptions(
@@ -35,7 +53,12 @@ def main(argv: list[str]) -> int:
         calibration_records=args.calibration_records,
         sample_every_s=args.sample_every_s,
         plan=ChurnPlan(args.swap_every_s, args.rollback_every_s, args.v2_every_s),
-        limits=Limits(args.max_drift, args.p99_slack_ms),
+        limits=Limits(
+            max_drift=args.max_drift,
+            p99_slack_ms=args.p99_slack_ms,
+            max_wait_s=args.max_wait_s,
+            min_throughput=args.min_throughput,
+        ),
         jvm_heap_mib=args.jvm_heap_mib,
         out=args.out,
         broker=args.broker,
@@ -43,14 +66,23 @@ def main(argv: list[str]) -> int:
     outcome = run_soak(options)
     verdict = outcome.verdict
     print(f"CSV: {options.out / 'soak.csv'}\nPNG: {options.out / 'soak.png'}")
-    for metric, drift in verdict.drifts.items() if verdict else ():
-        print(f"{metric}: {drift.first:.1f} -> {drift.last:.1f} ({drift.growth:+.1%})")
-    if verdict is None or not verdict.passed:
-        for failure in verdict.failures if verdict else ["the run did not finish"]:
-            print(f"FAILED: {failure}")
+    if verdict is None:
+        print("FAILED: the run did not finish")
+        return 1
+    _print(verdict)
+    if not verdict.passed:
         return 1
     print(f"passed: {outcome.samples[-1]['answered']:,.0f} records, each answered once")
     return 0
+
+
+def _print(verdict: Verdict) -> None:
+    for metric, drift in verdict.drifts.items():
+        print(f"{metric}: {drift.first:.1f} -> {drift.last:.1f} ({drift.growth:+.1%})")
+    for figure, value in verdict.figures.items():
+        print(f"{figure}: {value:,.4g}")
+    for failure in verdict.failures:
+        print(f"FAILED: {failure}")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -85,8 +117,26 @@ def _parser() -> argparse.ArgumentParser:
         default=256,
         help="the server's JVM heap (PMML), fixed and touched at its start; 0: the JVM's sizing",
     )
+    parser.add_argument(
+        "--max-wait-s",
+        type=float,
+        default=10.0,
+        help="a record waiting longer than this for its output fails the run (a stall)",
+    )
+    parser.add_argument(
+        "--min-throughput",
+        type=float,
+        default=0.9,
+        help="the end's outputs per second, as a fraction of the paced rate, that passes",
+    )
     parser.add_argument("--broker", choices=BROKERS, default="kafka")
     parser.add_argument(
         "--out", type=Path, default=Path("benchmarks/results/soak"), help="CSV, PNG, JSON, log"
+    )
+    parser.add_argument(
+        "--judge",
+        type=Path,
+        metavar="DIR",
+        help="run nothing: judge the run recorded in DIR (its soak.csv, soak.json) again",
     )
     return parser

@@ -13,11 +13,19 @@ PANELS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         "memory (MiB)",
         (("rss_mib", "RSS"), ("jvm_heap_mib", "JVM heap"), ("jvm_old_mib", "JVM old")),
     ),
-    ("latency (ms)", (("p50_ms", "p50"), ("p99_ms", "p99"))),
+    ("latency (ms)", (("p50_ms", "p50"), ("p99_ms", "p99"), ("oldest_wait_ms", "oldest wait"))),
     ("open", (("fds", "file descriptors"), ("threads", "threads"))),
     ("throughput (records/s)", (("throughput_rps", "outputs read"),)),
     ("consumer lag (records)", (("consumer_lag", "lag"),)),
-    ("churn (cumulative)", (("swaps", "swaps"), ("rollbacks", "rollbacks"), ("v2_requests", "V2"))),
+    (
+        "churn (cumulative)",
+        (
+            ("swaps_published", "models published"),
+            ("swaps_served", "swaps served"),
+            ("rollbacks", "rollbacks"),
+            ("v2_requests", "V2"),
+        ),
+    ),
 )
 
 

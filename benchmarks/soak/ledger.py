@@ -6,11 +6,17 @@ report); every result and error record names the position of its input. Each sen
 get exactly one output: none is *missing*, a second is a *duplicate* (the soak crashes nothing,
 so at-least-once has no reason to repeat one), and an output for a position never sent is
 *unknown*. Latency is the output's Kafka timestamp minus the record's (one clock: one host).
+
+Each result also names the model version that scored it: the ledger keeps the distinct
+(key, version) pairs, so a swap counts once the server's results show the new model scoring,
+not when the driver published it.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -19,15 +25,31 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from benchmarks.common import percentiles
+
 _SENT, _ANSWERED = 1, 2
 
 
 @dataclass(frozen=True)
 class Window:
-    """What the ledger saw since the previous window: latencies (ms) and outputs."""
+    """What the ledger saw since the previous window: latencies (ms) and outputs, and how long
+    the oldest record still waiting for its output had waited when the window was taken."""
 
     latencies_ms: array[float]
     outputs: int
+    oldest_wait_ms: float = 0.0  # 0: no record waited
+
+    def figures(self, interval_s: float) -> dict[str, float]:
+        """The window's columns: latency percentiles and maximum (NaN without outputs), the
+        oldest wait, and outputs per second over ``interval_s``."""
+        p50, p99 = percentiles(self.latencies_ms)
+        return {
+            "p50_ms": round(p50, 2),
+            "p99_ms": round(p99, 2),
+            "max_ms": round(max(self.latencies_ms), 2) if self.latencies_ms else math.nan,
+            "oldest_wait_ms": round(self.oldest_wait_ms, 1),
+            "throughput_rps": round(self.outputs / interval_s, 1),
+        }
 
 
 @dataclass(frozen=True)
@@ -43,10 +65,20 @@ class Accounts:
     unknown: int
     error_kinds: dict[str, int]
     model_events: dict[str, int]
+    # distinct (key, version) pairs and keys in the results; None: not recorded (an old run)
+    models_served: int | None = None
+    keys_served: int | None = None
 
     @property
     def unaccounted(self) -> int:
         return self.send_failures + self.missing + self.duplicates + self.unknown
+
+    @property
+    def swaps_served(self) -> int | None:
+        """Models that scored records after their key's first one: the swaps the server made."""
+        if self.models_served is None or self.keys_served is None:
+            return None
+        return self.models_served - self.keys_served
 
 
 class Ledger:
@@ -68,6 +100,8 @@ class Ledger:
         self._duplicates = self._foreign = 0
         self._error_kinds: Counter[str] = Counter()
         self._model_events: Counter[str] = Counter()
+        self._served: set[tuple[str, str]] = set()  # (key, version) pairs that scored
+        self._keys_served: set[str] = set()
 
     # --- the producer's side ---------------------------------------------------------------
     def delivered(self, partition: int, offset: int, sent_ms: int) -> None:
@@ -103,6 +137,9 @@ class Ledger:
                 self._error_kinds[str(document["kind"])] += 1
             else:
                 self._results += 1
+                key = str(document.get("key"))
+                self._served.add((key, str(document.get("version"))))
+                self._keys_served.add(key)
             self._window_outputs += 1
             self._answer(str(position), message.timestamp()[1])
 
@@ -129,11 +166,25 @@ class Ledger:
         return status
 
     # --- readers -----------------------------------------------------------------------------
-    def take_window(self) -> Window:
+    def take_window(self, now_ms: float | None = None) -> Window:
+        """The window since the previous one; ``now_ms`` (the wall clock, as the records'
+        timestamps) dates the oldest wait."""
+        now_ms = time.time() * 1000 if now_ms is None else now_ms
         with self._lock:
-            window = Window(self._latencies, self._window_outputs)
+            oldest = min(self._waiting.values(), default=None)
+            window = Window(
+                self._latencies,
+                self._window_outputs,
+                0.0 if oldest is None else max(now_ms - oldest, 0.0),
+            )
             self._latencies, self._window_outputs = array("d"), 0
         return window
+
+    @property
+    def swaps_served(self) -> int:
+        """Models that scored records after their key's first one (see :class:`Accounts`)."""
+        with self._lock:
+            return len(self._served) - len(self._keys_served)
 
     @property
     def waiting(self) -> int:
@@ -158,6 +209,8 @@ class Ledger:
                 unknown=len(self._early) + self._foreign,
                 error_kinds=dict(self._error_kinds),
                 model_events=dict(self._model_events),
+                models_served=len(self._served),
+                keys_served=len(self._keys_served),
             )
 
 

@@ -1,6 +1,7 @@
 """One soak run: broker, topics, the fleet's first models, the server process; then its maximum
 throughput, then half of it for the run's length with the churn beside it, a sample every
-10 seconds into the CSV; then every record's output awaited, the chart and the verdict."""
+10 seconds into the CSV; then every record's output awaited (the drain: a final window, judged
+too), the chart and the verdict."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.broker import BenchBroker, running
-from benchmarks.common import percentiles, wine_data
+from benchmarks.common import wine_data
 from benchmarks.soak.chart import draw
 from benchmarks.soak.fleet import Fleet, build_fleet
 from benchmarks.soak.ledger import Accounts, Ledger, OutputReader
@@ -33,12 +34,16 @@ COLUMNS = (
     "jvm_old_mib",
     "p50_ms",
     "p99_ms",
+    "max_ms",
+    "oldest_wait_ms",
     "throughput_rps",
     "consumer_lag",
     "sent",
     "answered",
-    "swaps",
+    "swaps_published",
+    "swaps_served",
     "rollbacks",
+    "rollbacks_refused",
     "v2_requests",
 )
 DATA_PARTITIONS = 4
@@ -78,6 +83,7 @@ class Outcome:
     max_rate: float | None = None
     rate: float = math.nan
     samples: list[dict[str, float]] = field(default_factory=list)
+    drain: dict[str, float] | None = None  # the final window: what was answered after the run
     server_exit: int | None = None
     verdict: Verdict | None = None
 
@@ -87,12 +93,15 @@ class Outcome:
             "options": {**asdict(self.options), "out": str(self.options.out)},
             "max_rate_rps": self.max_rate,
             "rate_rps": self.rate,
+            "warmup_s": self.options.warmup_s,
+            "drain": self.drain,
             "server_exit": self.server_exit,
             "passed": verdict.passed if verdict else False,
             "failures": verdict.failures if verdict else ["the run did not finish"],
             "drifts": {m: d.as_json() for m, d in verdict.drifts.items()} if verdict else {},
             "samples_judged": verdict.samples_judged if verdict else 0,
             "median_of": verdict.window if verdict else 0,
+            "figures": verdict.figures if verdict else {},
         }
 
 
@@ -103,20 +112,30 @@ def run_soak(options: SoakOptions) -> Outcome:
     with wine_data() as wine:
         fleet = build_fleet(wine, options.keys)
     accounts, churn_counts = _run(fleet, outcome)
-    verdict = judge(outcome.samples, accounts, churn_counts, options.warmup_s, options.limits)
-    if outcome.server_exit != 0:
-        verdict.failures.append(
-            f"the server exited with {outcome.server_exit} on SIGTERM, not 0: "
-            "it did not stop cleanly"
-        )
+    verdict = judge(
+        outcome.samples,
+        accounts,
+        churn_counts,
+        options.warmup_s,
+        options.limits,
+        rate=outcome.rate,
+        drain=outcome.drain,
+        server_exit=outcome.server_exit,
+    )
     outcome.verdict = verdict
     title = f"streamserve soak: {options.keys} keys, {outcome.rate:,.0f} records/s, " + (
         "passed" if verdict.passed else "FAILED"
     )
     draw(outcome.samples, options.warmup_s, title, options.out / "soak.png")
-    report = {**outcome.as_json(), "accounts": asdict(accounts), "churn": churn_counts}
-    (options.out / "soak.json").write_text(json.dumps(report, indent=2, default=str))
+    write_report(outcome, accounts, churn_counts)
     return outcome
+
+
+def write_report(outcome: Outcome, accounts: Accounts, churn: dict[str, int]) -> None:
+    """``soak.json``: the outcome, the accounts and the driver's churn counts (what
+    ``--judge`` reads back, with ``soak.csv``)."""
+    report = {**outcome.as_json(), "accounts": asdict(accounts), "churn": churn}
+    (outcome.options.out / "soak.json").write_text(json.dumps(report, indent=2, default=str))
 
 
 def _run(fleet: Fleet, outcome: Outcome) -> tuple[Accounts, dict[str, int]]:
@@ -139,8 +158,8 @@ def _run(fleet: Fleet, outcome: Outcome) -> tuple[Accounts, dict[str, int]]:
                 admin_token=server.admin_token,
             )
             _say(f"soaking {options.minutes:g} min at {outcome.rate:,.0f} records/s ...")
-            _soak(server, sender, churn, ledger, outcome)
-            _drain(sender, ledger)
+            last_sample = _soak(server, sender, churn, ledger, outcome)
+            outcome.drain = _drain(sender, ledger, last_sample)
             outcome.server_exit = server.stop()
             counts = churn.counts
             del sender, churn  # their clients go before the broker (no reconnect attempts logged)
@@ -201,7 +220,8 @@ def _max_rate(sender: RecordSender, ledger: Ledger, options: SoakOptions) -> flo
 
 def _soak(
     server: ServerProcess, sender: RecordSender, churn: Churn, ledger: Ledger, outcome: Outcome
-) -> None:
+) -> float:
+    """The run itself; returns when (``time.monotonic``) its last sample was taken."""
     options = outcome.options
     with (options.out / "soak.csv").open("w", newline="") as stream:
         writer = csv.DictWriter(stream, COLUMNS)
@@ -224,6 +244,7 @@ def _soak(
         finally:
             churn.stop()
             sender.stop()
+    return last
 
 
 def _sample(
@@ -237,7 +258,6 @@ def _sample(
     process = sample_process(server.pid)
     metrics = server_metrics(server.api)
     window = ledger.take_window()
-    p50, p99 = percentiles(window.latencies_ms)
     counts = churn.counts
     return {
         "elapsed_s": round(elapsed_s, 1),
@@ -246,14 +266,14 @@ def _sample(
         "threads": process.threads,
         "jvm_heap_mib": round(process.jvm_heap_mib, 1),
         "jvm_old_mib": round(process.jvm_old_mib, 1),
-        "p50_ms": round(p50, 2),
-        "p99_ms": round(p99, 2),
-        "throughput_rps": round(window.outputs / interval_s, 1),
+        **window.figures(interval_s),
         "consumer_lag": metrics.get("streamserve_consumer_lag", math.nan),
         "sent": sender.sent,
         "answered": ledger.answered,
-        "swaps": counts.get("swaps", 0),
+        "swaps_published": counts.get("swaps", 0),
+        "swaps_served": ledger.swaps_served,
         "rollbacks": counts.get("rollbacks", 0),
+        "rollbacks_refused": counts.get("rollbacks_refused", 0),
         "v2_requests": counts.get("v2_requests", 0),
     }
 
@@ -264,15 +284,20 @@ def _sleep_until(deadline: float, server: ServerProcess) -> None:
         server.check_running()
 
 
-def _drain(sender: RecordSender, ledger: Ledger) -> None:
-    """Waits until every record sent has its output (or the limit: they are then missing)."""
+def _drain(sender: RecordSender, ledger: Ledger, last_sample: float) -> dict[str, float]:
+    """Waits until every record sent has its output (or the limit: they are then missing);
+    returns the final window's figures: the outputs read since the last sample, and the oldest
+    record still waiting at the end."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while time.monotonic() < deadline:
         accounts = ledger.accounts()
         if accounts.sent + accounts.send_failures >= sender.sent and not accounts.missing:
             time.sleep(1.0)  # a duplicate would follow its first output closely
-            return
+            break
         time.sleep(0.2)
+    window = ledger.take_window()
+    seconds = time.monotonic() - last_sample
+    return {"seconds": round(seconds, 1), "outputs": window.outputs, **window.figures(seconds)}
 
 
 def _progress(row: dict[str, float]) -> str:
@@ -280,7 +305,8 @@ def _progress(row: dict[str, float]) -> str:
         f"{row['elapsed_s']:>7.0f} s  RSS {row['rss_mib']:,.0f} MiB  fds {row['fds']:.0f}  "
         f"threads {row['threads']:.0f}  JVM {row['jvm_heap_mib']:.0f} MiB  "
         f"p50/p99 {row['p50_ms']:.1f}/{row['p99_ms']:.1f} ms  {row['throughput_rps']:,.0f} rec/s  "
-        f"lag {row['consumer_lag']:.0f}  swaps {row['swaps']:.0f}"
+        f"lag {row['consumer_lag']:.0f}  oldest wait {row['oldest_wait_ms'] / 1000:.1f} s  "
+        f"swaps {row['swaps_served']:.0f}/{row['swaps_published']:.0f} served"
     )
 
 

@@ -101,8 +101,9 @@ class Churn:
     """On its own thread: publishes the next model of one key every ``swap_every_s`` (keys in
     turn, variants alternating), rolls back a recently swapped key every ``rollback_every_s``
     (through the admin API) and sends a V2 inference request every ``v2_every_s``. Counts what
-    happened in ``counts``: swaps, rollbacks, rollbacks refused (409: nothing to roll back),
-    v2 requests, and the failures of each (any other answer)."""
+    it did in ``counts``: swaps (models published: whether the server swapped them shows in its
+    results, see :class:`~benchmarks.soak.ledger.Ledger`), rollbacks, rollbacks refused (409:
+    nothing to roll back), v2 requests, and the failures of each (any other answer)."""
 
     def __init__(
         self,
