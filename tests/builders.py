@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -94,3 +96,19 @@ def onnx_named_linear(names: list[str], weights: np.ndarray, bias: float) -> byt
         ],
     )
     return _onnx_bytes(graph)
+
+
+def archive_with_gnu_tar(folder: Path, out: Path) -> bytes:
+    """``folder`` archived from inside it, as ``tar -czf model.tar.gz -C folder .`` does (a first
+    member named ``.``)."""
+    archive = out / "model.tar.gz"
+    subprocess.run(["tar", "-czf", str(archive), "-C", str(folder), "."], check=True)
+    return archive.read_bytes()
+
+
+def archive_with_shutil(folder: Path, out: Path) -> bytes:
+    """``folder`` archived by ``shutil.make_archive(root_dir=folder)`` (members ``./...``)."""
+    return Path(shutil.make_archive(str(out / "model"), "gztar", root_dir=folder)).read_bytes()
+
+
+FOLDER_ARCHIVERS = {"tar-C": archive_with_gnu_tar, "shutil": archive_with_shutil}

@@ -105,9 +105,9 @@ class ServingSettings(_Section):
     scoring_deadline_s: float | None = Field(
         30.0,
         gt=0,
-        description="a batch's scoring time limit: a model call that overruns it is left "
-        "running, its model taken out of service (the previous one restored) and the batch "
-        "scored again without it; None: no limit",
+        description="the time limit of each model (or router) call while scoring: a call that "
+        "overruns it is left running, its model taken out of service (the previous one "
+        "restored) and the batch scored again without it; None: no limit",
     )
     probe_timeout_s: float = Field(
         10.0, gt=0, description="a new model whose validation probe overruns this is rejected"

@@ -6,8 +6,6 @@ model keeps serving."""
 from __future__ import annotations
 
 import io
-import shutil
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import Callable
@@ -16,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from builders import onnx_constant, onnx_descriptor, wine_json_lines
+from builders import FOLDER_ARCHIVERS, onnx_constant, onnx_descriptor, wine_json_lines
 from streamserve.codecs.json import JsonCodec
 from streamserve.descriptor import ModelDescriptor, ModelType
 from streamserve.serving.core import ServingCore
@@ -140,17 +138,7 @@ def test_a_model_message_over_the_limit_is_rejected_before_it_is_decoded(
     assert all("not decoded" in e["reason"] for e in rejections)
 
 
-def _with_gnu_tar(folder: Path, out: Path) -> bytes:
-    archive = out / "model.tar.gz"
-    subprocess.run(["tar", "-czf", str(archive), "-C", str(folder), "."], check=True)
-    return archive.read_bytes()
-
-
-def _with_shutil(folder: Path, out: Path) -> bytes:
-    return Path(shutil.make_archive(str(out / "model"), "gztar", root_dir=folder)).read_bytes()
-
-
-@pytest.mark.parametrize("pack", [_with_gnu_tar, _with_shutil], ids=["tar-C", "shutil"])
+@pytest.mark.parametrize("pack", FOLDER_ARCHIVERS.values(), ids=FOLDER_ARCHIVERS.keys())
 def test_a_savedmodel_archived_from_inside_its_folder_loads(
     pack: Callable[[Path, Path], bytes], wine_dir: Path, tmp_path: Path
 ) -> None:

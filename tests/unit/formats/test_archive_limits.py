@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import stat
 import struct
 import subprocess
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from builders import FOLDER_ARCHIVERS
 from streamserve.errors import ModelLoadError, ModelTooLargeError
 from streamserve.formats.archive import FOLDER_BYTES, MAX_PATH_DEPTH
 from streamserve.formats.artifact import (
@@ -290,17 +290,7 @@ def _model_folder(root: Path) -> Path:
     return root
 
 
-def _with_gnu_tar(folder: Path, out: Path) -> bytes:
-    archive = out / "model.tar.gz"
-    subprocess.run(["tar", "-czf", str(archive), "-C", str(folder), "."], check=True)
-    return archive.read_bytes()
-
-
-def _with_shutil(folder: Path, out: Path) -> bytes:
-    return Path(shutil.make_archive(str(out / "model"), "gztar", root_dir=folder)).read_bytes()
-
-
-@pytest.mark.parametrize("pack", [_with_gnu_tar, _with_shutil], ids=["tar-C", "shutil"])
+@pytest.mark.parametrize("pack", FOLDER_ARCHIVERS.values(), ids=FOLDER_ARCHIVERS.keys())
 def test_a_folder_archived_from_inside_unpacks(
     pack: Callable[[Path, Path], bytes], tmp_path: Path
 ) -> None:
