@@ -175,7 +175,7 @@ class SlotMachine(RuleBasedStateMachine):
     def _expect_batch(self, served: ServedModel | None, swapped: bool) -> Entry | None:
         """Checks the model a batch took against the reference, and advances the reference."""
         ref = self.ref
-        promote = ref.staged is not None and not ref.pinned
+        promote = ref.staged is not None and (not ref.pinned or ref.current is None)
         assert swapped == promote
         if promote:
             assert ref.staged is not None

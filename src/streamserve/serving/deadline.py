@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar, cast
 
 T = TypeVar("T")
+IDLE_WORKER_S = 60.0  # an idle worker ends after this; the next call starts a new one
 
 
 class CallOverran(Exception):  # noqa: N818 - an outcome of a call, caught by the caller
@@ -155,17 +156,32 @@ class TimedCalls:
         self._calls.put(timed)
 
     def _work(self) -> None:
-        while (timed := self._calls.get()) is not None:
-            timed.run()
+        try:
+            while (timed := self._next_call()) is not None:
+                timed.run()
+                abandoned = timed.abandoned
+                del timed  # an idle worker holds nothing of its last call (nor its caller's)
+                with self._lock:
+                    # an abandoned call's caller counted on another worker meanwhile: this one
+                    # leaves, so idle workers never outnumber the callers that hand them calls
+                    if abandoned or self._closed:
+                        return
+                    self._idle += 1
+        finally:
             with self._lock:
-                # an abandoned call's caller counted on another worker meanwhile: this one
-                # leaves, so idle workers never outnumber the callers that hand them calls
-                if timed.abandoned or self._closed:
-                    self._workers.discard(threading.current_thread())
-                    return
-                self._idle += 1
-        with self._lock:
-            self._workers.discard(threading.current_thread())
+                self._workers.discard(threading.current_thread())
+
+    def _next_call(self) -> TimedCall | None:
+        """The next call; ``None`` to end, after ``IDLE_WORKER_S`` with no call on its way to
+        this worker (so a core nobody closed leaves no threads behind)."""
+        while True:
+            try:
+                return self._calls.get(timeout=IDLE_WORKER_S)
+            except queue.Empty:
+                with self._lock:
+                    if self._idle > 0:  # no call was handed to this worker: it may end
+                        self._idle -= 1
+                        return None
 
 
 def result_of(timed: TimedCall) -> object:

@@ -6,6 +6,7 @@ import threading
 
 import pytest
 
+from streamserve.serving import deadline
 from streamserve.serving.deadline import CallOverran, TimedCalls
 
 
@@ -74,3 +75,16 @@ def test_workers_are_reused_and_closing_ends_them(calls: TimedCalls) -> None:
         thread.join(10)
     assert _workers() == []
     assert calls.call(lambda: "after", 10, "after closing") == "after"
+
+
+def test_an_idle_worker_ends_and_the_next_call_starts_another(
+    calls: TimedCalls, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A core nobody closes leaves no threads behind: idle workers end after a while."""
+    monkeypatch.setattr(deadline, "IDLE_WORKER_S", 0.2)
+    assert calls.call(lambda: 1, 10, "first") == 1
+    (worker,) = _workers()
+    worker.join(10)
+    assert not worker.is_alive()
+    assert calls.call(lambda: 2, 10, "after the idle worker ended") == 2
+    calls.close()
