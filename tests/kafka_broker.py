@@ -15,8 +15,10 @@ production clusters): a test creates every topic it uses, with the partitions it
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -114,6 +116,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+CLI_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def run_streamserve(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """``streamserve ARGS...`` run to its end in a subprocess, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamserve", *args],
+        capture_output=True,
+        env=CLI_ENV,
+        timeout=300,
+        check=False,
+    )
 
 
 def serve_kafka_command(config: Path, *extra: str) -> list[str]:

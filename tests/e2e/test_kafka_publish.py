@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from kafka_broker import running_broker
+from kafka_broker import run_streamserve, running_broker
 
 from streamserve.codecs.protobuf import encode_wine_record
 from streamserve.runtime.streams import write_length_delimited
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-
-def streamserve(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamserve", *args],
-        capture_output=True,
-        env=ENV,
-        timeout=300,
-        check=False,
-    )
 
 
 def test_publish_models_and_records_then_serve_them(
@@ -47,7 +33,7 @@ format = "wine-protobuf"
 bootstrap_servers = "{broker.bootstrap}"
 data_topics = ["data"]
 """)
-        saved = streamserve(
+        saved = run_streamserve(
             "publish-model",
             str(wine_dir / "saved" / "1"),
             "--key",
@@ -59,7 +45,7 @@ data_topics = ["data"]
         )
         assert saved.returncode == 0, saved.stderr.decode()
         assert b"published wine-savedmodel (TENSORFLOWSAVED" in saved.stdout
-        data = streamserve(
+        data = run_streamserve(
             "publish-data",
             str(records),
             "--length-delimited",
@@ -71,7 +57,7 @@ data_topics = ["data"]
         assert data.returncode == 0, data.stderr.decode()
         assert b"published 100 records to data" in data.stdout
 
-        served = streamserve(
+        served = run_streamserve(
             "serve",
             "--runtime",
             "kafka",
@@ -92,7 +78,7 @@ data_topics = ["data"]
 def test_publish_model_refuses_what_it_cannot_describe(tmp_path: Path) -> None:
     unknown = tmp_path / "model.bin"
     unknown.write_bytes(b"x")
-    done = streamserve(
+    done = run_streamserve(
         "publish-model", str(unknown), "--key", "k", "--bootstrap-servers", "127.0.0.1:9"
     )
     assert done.returncode == 2

@@ -6,31 +6,17 @@ they signed."""
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
-from kafka_broker import running_broker
+from kafka_broker import run_streamserve, running_broker
 
 from builders import onnx_constant, onnx_descriptor, wine_json_lines
 from streamserve.descriptor import encode_descriptor
-
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-
-
-def streamserve(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "streamserve", *args],
-        capture_output=True,
-        env=ENV,
-        timeout=300,
-        check=False,
-    )
 
 
 def _ok(done: subprocess.CompletedProcess[bytes]) -> str:
@@ -42,12 +28,12 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(
     tmp_path: Path,
 ) -> None:
     key = tmp_path / "publisher.pem"
-    output = _ok(streamserve("keygen", str(key)))
+    output = _ok(run_streamserve("keygen", str(key)))
     assert key.stat().st_mode & 0o077 == 0
     assert (tmp_path / "publisher.pem.pub").read_text().startswith("-----BEGIN PUBLIC KEY-----")
     assert "key id " in output
     assert "ed25519:" in output
-    again = streamserve("keygen", str(key))
+    again = run_streamserve("keygen", str(key))
     assert again.returncode == 2
     assert b"cannot create" in again.stderr
 
@@ -55,7 +41,7 @@ def test_keygen_writes_a_private_key_only_its_owner_reads_and_never_overwrites(
 @pytest.mark.slow
 def test_signed_publishing_over_kafka(tmp_path: Path, wine_matrix: np.ndarray) -> None:
     key = tmp_path / "publisher.pem"
-    _ok(streamserve("keygen", str(key)))
+    _ok(run_streamserve("keygen", str(key)))
     signed_model, unsigned_model = tmp_path / "signed.onnx", tmp_path / "unsigned.onnx"
     signed_model.write_bytes(onnx_constant(11, 1.0))
     unsigned_model.write_bytes(onnx_constant(11, 2.0))
@@ -74,19 +60,19 @@ data_topics = ["data"]
 """)
         common = ("--key", "wine", "--config", str(config))
         published = _ok(
-            streamserve("publish-model", str(signed_model), *common, "--sign", str(key))
+            run_streamserve("publish-model", str(signed_model), *common, "--sign", str(key))
         )
         assert "signed by key" in published
-        _ok(streamserve("publish-model", str(unsigned_model), *common))
-        _ok(streamserve("publish-data", str(records), "--config", str(config)))
+        _ok(run_streamserve("publish-model", str(unsigned_model), *common))
+        _ok(run_streamserve("publish-data", str(records), "--config", str(config)))
         serve = ("serve", "--runtime", "kafka", "--config", str(config), "--timeout-s", "200")
-        _ok(streamserve(*serve, "--count", "20"))
+        _ok(run_streamserve(*serve, "--count", "20"))
         results = [orjson.loads(m.value()) for m in broker.read_all("results")]
         errors = [orjson.loads(m.value()) for m in broker.read_all("errors")]
 
-        _ok(streamserve("publish-tombstone", *common, "--sign", str(key)))
-        _ok(streamserve("publish-data", str(records), "--config", str(config)))
-        _ok(streamserve(*serve, "--count", "20"))
+        _ok(run_streamserve("publish-tombstone", *common, "--sign", str(key)))
+        _ok(run_streamserve("publish-data", str(records), "--config", str(config)))
+        _ok(run_streamserve(*serve, "--count", "20"))
         after_tombstone = [orjson.loads(m.value()) for m in broker.read_all("errors")]
 
     assert len(results) == 20
@@ -108,7 +94,7 @@ def test_a_signed_models_folder_with_streamserve_sign_and_with_openssl(
     tmp_path: Path, wine_matrix: np.ndarray
 ) -> None:
     key = tmp_path / "publisher.pem"
-    _ok(streamserve("keygen", str(key)))
+    _ok(run_streamserve("keygen", str(key)))
     # A second publisher with openssl only, following docs/model-message.md.
     openssl_key, openssl_public = tmp_path / "openssl.pem", tmp_path / "openssl.pub"
     _openssl("genpkey", "-algorithm", "ed25519", "-out", str(openssl_key))
@@ -120,7 +106,7 @@ def test_a_signed_models_folder_with_streamserve_sign_and_with_openssl(
     (models / "wine" / "signed.onnx").write_bytes(onnx_constant(11, 1.0))
     (models / "beer" / "unsigned.onnx").write_bytes(onnx_constant(11, 2.0))
     (models / "cider" / "huge.onnx").write_bytes(onnx_constant(11, 3.0) + bytes(100_000))
-    _ok(streamserve("sign", str(key), str(models / "wine" / "signed.onnx")))
+    _ok(run_streamserve("sign", str(key), str(models / "wine" / "signed.onnx")))
     desc = models / "by-openssl.desc"
     desc.write_bytes(
         encode_descriptor(onnx_descriptor("by-openssl", onnx_constant(11, 4.0), "ale"))
@@ -151,7 +137,7 @@ max_model_message_bytes = 50000
 """)
     results, errors = tmp_path / "results.jsonl", tmp_path / "errors.jsonl"
     _ok(
-        streamserve(
+        run_streamserve(
             "serve",
             "--config",
             str(config),
