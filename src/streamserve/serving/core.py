@@ -311,9 +311,7 @@ class ServingCore:
                 return cast(BatchOutcome, result_of(timed))
             if site is not None:
                 site.call_stuck()
-            if not self._scoring_calls.abandon_call(
-                timed, None if site is None else _returned(site)
-            ):
+            if not self._scoring_calls.abandon(timed, None if site is None else _returned(site)):
                 if site is not None:  # it returned meanwhile: its outcome is whole
                     site.call_returned()
                 return cast(BatchOutcome, result_of(timed))

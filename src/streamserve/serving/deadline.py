@@ -114,11 +114,7 @@ class TimedCalls:
         self._hand_over(timed)
         return timed
 
-    def abandon(self, overran: CallOverran, cleanup: LateCleanup | None = None) -> bool:
-        """Gives up on an overrunning call (see :meth:`TimedCall.abandon`)."""
-        return self.abandon_call(overran.call, cleanup)
-
-    def abandon_call(self, timed: TimedCall, cleanup: LateCleanup | None = None) -> bool:
+    def abandon(self, timed: TimedCall, cleanup: LateCleanup | None = None) -> bool:
         """Gives up on a running call (see :meth:`TimedCall.abandon`)."""
         abandoned = timed.abandon(cleanup)
         if abandoned:

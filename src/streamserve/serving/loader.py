@@ -247,7 +247,7 @@ class ModelLoader:
         except RejectedInput:
             raise
         except CallOverran as err:
-            self._calls.abandon(err, _close_when_returned)
+            self._calls.abandon(err.call, _close_when_returned)
             raise ModelLoadError(
                 f"the {factory.format_name} factory did not load model {descriptor.name!r} "
                 f"within {self._load_timeout_s:g} s (serving.load_timeout_s); the load is left "
@@ -278,7 +278,7 @@ class ModelLoader:
                     f"probing model {descriptor.name!r}",
                 )
             except CallOverran as err:
-                self._calls.abandon(err, lambda _result, _error: model.close())
+                self._calls.abandon(err.call, lambda _result, _error: model.close())
                 raise ModelValidationError(
                     f"model {descriptor.name!r} did not score a probe batch of {len(rows)} rows "
                     f"within {self._probe_timeout_s:g} s (serving.probe_timeout_s)"

@@ -42,7 +42,8 @@ def test_an_overrunning_call_is_left_running_and_its_late_result_cleaned_up(
     worker = overran.value.call.worker
     assert worker is not None
     assert worker.is_alive()
-    assert calls.abandon(overran.value, lambda result, _error: (late.append(result), cleaned.set()))
+    cleanup = lambda result, _error: (late.append(result), cleaned.set())  # noqa: E731
+    assert calls.abandon(overran.value.call, cleanup)
     assert calls.overrunning == [overran.value.call]
     # the next call does not wait behind the stuck worker
     assert calls.call(lambda: "next", 10, "next") == "next"
@@ -61,7 +62,7 @@ def test_a_call_that_returns_before_it_is_abandoned_keeps_its_result(calls: Time
         calls.call(lambda: gate.wait(60), 0.05, "slow")
     gate.set()
     overran.value.call.wait(10)
-    assert not calls.abandon(overran.value)
+    assert not calls.abandon(overran.value.call)
     assert overran.value.call.result is True
     calls.close()
 
