@@ -3,7 +3,9 @@
 # or "all,dev"), at the exact versions in constraints.txt (the ones CI tests; regenerate them
 # with scripts/lock.sh). Re-runs pip only when pyproject.toml, constraints.txt or the extras
 # change. With the dev extra it also resolves the test broker's jars (Apache Kafka, by Maven:
-# scripts/kafka-broker.sh, which needs Java 17 and Maven and otherwise says so).
+# scripts/kafka-broker.sh, which needs Java 17 and Maven and otherwise says so), the stock
+# inference clients' own environment (scripts/client-env.sh) and Debian's Chromium
+# (scripts/chromium.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="$1"
@@ -24,4 +26,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$digest" ]; then
 fi
 if [[ ",$extras," == *,dev,* ]]; then
   bash scripts/kafka-broker.sh >/dev/null  # Maven once; then only its own stamp check
+  bash scripts/client-env.sh  # the stock inference clients, in .venv-clients
+  bash scripts/chromium.sh  # Debian's Chromium, for the dashboard's browser tests
 fi
