@@ -6,14 +6,11 @@ startup within seconds, with exit status 2, rather than after catch_up_timeout_s
 names the user, the servers and the settings to check ... A refusal while a replica serves (its
 user deleted, seen at its next connection) stops it the same way."
 
-* With ``exactly_once``, the transactional producer's ``init_transactions`` runs first and waits
-  ``catch_up_timeout_s`` (300 s by default) for a broker that refuses it; the error then blames
-  the broker ("does the broker support them? turn exactly_once off") instead of naming the
-  refused user. The refusal reported through the error callback meanwhile is never raised.
-* While a replica serves a busy stream, a refusal of its producer (its password rotated, seen
-  at the next re-authentication) leaves every output unacknowledged: the loop waits in
-  ``OffsetCommits.wait_for_acknowledgements`` for ``flush_timeout_s`` and stops with "outputs
-  were not acknowledged", never raising the ``ConfigurationError`` it holds.
+(The exactly_once case at startup is fixed: tests/integration/test_kafka_refused_producer.py.)
+While a replica serves a busy stream, a refusal of its producer (its password rotated, seen
+at the next re-authentication) leaves every output unacknowledged: the loop waits in
+``OffsetCommits.wait_for_acknowledgements`` for ``flush_timeout_s`` and stops with "outputs
+were not acknowledged", never raising the ``ConfigurationError`` it holds.
 """
 
 from __future__ import annotations
@@ -34,16 +31,12 @@ from review_support import (
     Replica,
     kafka_settings,
     make_topics,
-    mean_core,
     positions,
     wait_until,
     wine_records,
 )
 
-from streamserve.codecs.protobuf import WineRecordCodec
 from streamserve.errors import ConfigurationError
-from streamserve.runtime.kafka import KafkaRuntime
-from streamserve.settings import BatchSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -58,38 +51,6 @@ def kafka() -> Iterator[ApacheKafka]:
     properties = {"connections.max.reauth.ms": str(REAUTH_MS)}
     with running_apache_kafka(properties, sasl_ssl=SaslSsl("SCRAM-SHA-512", USERS)) as broker:
         yield broker
-
-
-def test_exactly_once_with_a_refused_producer_stops_within_seconds_naming_the_user(
-    kafka: ApacheKafka,
-) -> None:
-    topics = make_topics(kafka, "eos-refused")
-    catch_up_timeout_s = 60.0  # lowered from 300 s to keep the test short
-    settings = kafka_settings(
-        kafka.secure_bootstrap,
-        topics,
-        consumer=kafka.sasl_ssl_settings("streamserve"),
-        producer=kafka.sasl_ssl_settings("streamserve", password="not-the-password"),
-        exactly_once=True,
-        catch_up_timeout_s=catch_up_timeout_s,
-    )
-    core = mean_core()
-    runtime = KafkaRuntime(core, WineRecordCodec(), settings, BatchSettings(max_delay_ms=20))
-    started = time.monotonic()
-    try:
-        with pytest.raises(Exception) as failure:  # noqa: PT011 - the kind is asserted below
-            runtime.run(timeout_s=120)
-    finally:
-        core.close()
-    elapsed_s = time.monotonic() - started
-    stopped_in_time = isinstance(failure.value, ConfigurationError) and elapsed_s < REFUSED_WITHIN_S
-    assert stopped_in_time, (
-        "docs/kafka.md promise broken (refused credentials stop the replica at startup within "
-        "seconds, naming the user): with exactly_once the replica stopped after "
-        f"{elapsed_s:.0f} s (catch_up_timeout_s = {catch_up_timeout_s:.0f}) with "
-        f"{type(failure.value).__name__}: {failure.value}"
-    )
-    assert "authentication failed for user 'streamserve'" in str(failure.value)
 
 
 def test_a_producer_refused_while_serving_a_busy_stream_stops_the_replica_within_seconds(
