@@ -1,4 +1,4 @@
-"""The ``streamserve`` command."""
+"""The ``streamserve`` command: its arguments, and what each subcommand does."""
 
 from __future__ import annotations
 
@@ -6,16 +6,32 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
-from contextlib import ExitStack
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from streamserve.api.server import ApiServer
+from streamserve.cli_help import (
+    DESCRIPTION,
+    EPILOG,
+    HelpFormatter,
+    add_command,
+    logging_options,
+)
 from streamserve.codecs.registry import BUILTIN_CODECS, build_codec
 from streamserve.descriptor.signing import Signer, generate_key
 from streamserve.errors import StreamserveError
+from streamserve.logs import (
+    LogFormat,
+    ServingSummary,
+    configure_logging,
+    log_listening,
+    log_model_event,
+)
 from streamserve.runtime.base import freeze_startup_objects
 from streamserve.runtime.model_directory import model_message_of, sidecar_path
 from streamserve.runtime.publish import Publisher, model_descriptor, parse_options
@@ -26,71 +42,127 @@ from streamserve.runtime.streams import (
 )
 from streamserve.serving.core import ServingCore
 from streamserve.serving.routing import load_router
-from streamserve.settings import KafkaSettings, Settings, load_settings
+from streamserve.settings import ApiSettings, KafkaSettings, Settings, load_settings
+
+if TYPE_CHECKING:
+    from streamserve.demo.wine import ApiStarter
+
+log = logging.getLogger("streamserve")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="streamserve: %(levelname)s %(message)s")
+    args.effective_log_format = args.log_format or LogFormat.TEXT
+    configure_logging(args.log_level or args.default_log_level, args.effective_log_format)
     try:
         return int(args.handler(args))
     except StreamserveError as err:
-        print(f"streamserve: {err}", file=sys.stderr)
+        if args.effective_log_format == LogFormat.JSON:
+            log.error("%s", err, extra={"event": "failed", "error_kind": err.kind})
+        else:
+            print(f"streamserve: {err}", file=sys.stderr)
         return 2
 
 
 def _parser() -> argparse.ArgumentParser:
     from streamserve import __version__
 
-    parser = argparse.ArgumentParser(prog="streamserve", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="streamserve",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND", title="commands")
+    common = logging_options()
+    _demo_command(add_command(commands, common, "demo"))
+    _serve_command(add_command(commands, common, "serve"))
+    _publish_model_command(add_command(commands, common, "publish-model"))
+    _tombstone_command(add_command(commands, common, "publish-tombstone"))
+    _keygen_command(add_command(commands, common, "keygen"))
+    _sign_command(add_command(commands, common, "sign"))
+    _publish_data_command(add_command(commands, common, "publish-data"))
+    _status_command(add_command(commands, common, "status"))
+    return parser
 
-    demo = commands.add_parser("demo", help="run the wine demo (embedded, original models)")
-    demo.add_argument("--rate", type=float, default=4000.0, help="records per second")
+
+def _demo_command(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
-        "--seconds-per-model", type=float, default=1.0, help="time between model publications"
+        "--rate", type=float, default=4000.0, help="records per second (default: 4000)"
+    )
+    demo.add_argument(
+        "--seconds-per-model",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="time between a model's swap and the next model's arrival (default: 1)",
+    )
+    demo.add_argument(
+        "--http-port",
+        type=int,
+        metavar="PORT",
+        help="serve the dashboard and the HTTP API on this port while the demo runs (0: any "
+        "free port), and keep streaming after the last model until Ctrl-C",
     )
     demo.set_defaults(handler=_demo)
 
-    serve = commands.add_parser("serve", help="serve models from a folder on records from a file")
-    serve.add_argument("--config", type=Path, help="TOML settings file")
-    serve.add_argument("--data", help="data file, one record per line (- for stdin)")
-    serve.add_argument("--models", type=Path, help="models directory, watched for new models")
+
+def _serve_command(serve: argparse.ArgumentParser) -> None:
+    serve.add_argument("--config", type=Path, metavar="FILE", help="TOML settings file")
+    serve.add_argument("--data", metavar="FILE", help="records, one per line (- for stdin)")
+    serve.add_argument(
+        "--models", type=Path, metavar="DIR", help="models folder, watched for new models"
+    )
     serve.add_argument(
         "--codec",
         metavar="NAME",
         help=f"record codec: {', '.join(BUILTIN_CODECS)}, or an installed plug-in's name",
     )
     serve.add_argument("--key", help="a constant key (data type) for every record")
-    serve.add_argument("--results", help="results file (- for stdout)")
-    serve.add_argument("--errors", help="errors file (- for stderr)")
+    serve.add_argument("--results", metavar="FILE", help="results file (- for stdout)")
+    serve.add_argument("--errors", metavar="FILE", help="errors file (- for stderr)")
     serve.add_argument(
         "--model-root",
         type=Path,
         action="append",
         default=[],
+        metavar="DIR",
         help="a directory descriptor locations may point into (repeatable)",
     )
     serve.add_argument("--count", type=int, help="stop after this many records")
-    serve.add_argument("--timeout-s", type=float, help="stop after this many seconds")
     serve.add_argument(
-        "--http-port", type=int, help="serve the HTTP API on this port (0: any free port)"
+        "--timeout-s", type=float, metavar="SECONDS", help="stop after this many seconds"
+    )
+    serve.add_argument(
+        "--http-port",
+        type=int,
+        metavar="PORT",
+        help="serve the dashboard and the HTTP API on this port (0: any free port)",
+    )
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        metavar="PORT",
+        help="serve the Open Inference Protocol over gRPC on this port (0: any free port; "
+        "needs the grpc extra)",
     )
     serve.add_argument(
         "--runtime",
+        metavar="NAME",
         help="embedded (the default: files and stdin/stdout), kafka (the [kafka] settings), "
         "or an installed plug-in runtime",
     )
     serve.set_defaults(handler=_serve)
 
-    publish_model = commands.add_parser("publish-model", help="publish a model to Kafka")
+
+def _publish_model_command(publish_model: argparse.ArgumentParser) -> None:
     publish_model.add_argument("file", type=Path, help="model file, or a SavedModel folder")
     publish_model.add_argument("--key", required=True, help="the data type it serves")
     publish_model.add_argument("--type", help="model type (default: from the file extension)")
     publish_model.add_argument("--name", help="model name (default: the file name)")
-    publish_model.add_argument("--version", default="")
+    publish_model.add_argument("--version", default="", help="the model's version label")
     publish_model.add_argument("--description", default="")
     publish_model.add_argument("--output", default="AUTO", help="AUTO, VALUE or ARGMAX")
     publish_model.add_argument(
@@ -100,23 +172,22 @@ def _parser() -> argparse.ArgumentParser:
     _kafka_arguments(publish_model)
     publish_model.set_defaults(handler=_publish_model)
 
-    tombstone = commands.add_parser(
-        "publish-tombstone", help="unload a key on every replica (a tombstone on the models topic)"
-    )
+
+def _tombstone_command(tombstone: argparse.ArgumentParser) -> None:
     tombstone.add_argument("--key", required=True, help="the data type to unload")
     _sign_argument(tombstone)
     _kafka_arguments(tombstone)
     tombstone.set_defaults(handler=_publish_tombstone)
 
-    keygen = commands.add_parser("keygen", help="make an Ed25519 key pair to sign models with")
+
+def _keygen_command(keygen: argparse.ArgumentParser) -> None:
     keygen.add_argument(
         "keyfile", type=Path, help="the private key file to write (the public key: KEYFILE.pub)"
     )
     keygen.set_defaults(handler=_keygen)
 
-    sign = commands.add_parser(
-        "sign", help="sign models in a models folder (writes MODEL.sig beside each)"
-    )
+
+def _sign_command(sign: argparse.ArgumentParser) -> None:
     sign.add_argument("keyfile", type=Path, help="the Ed25519 private key (PEM)")
     sign.add_argument(
         "models",
@@ -126,7 +197,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sign.set_defaults(handler=_sign)
 
-    publish_data = commands.add_parser("publish-data", help="publish records to Kafka")
+
+def _publish_data_command(publish_data: argparse.ArgumentParser) -> None:
     publish_data.add_argument(
         "file",
         type=Path,
@@ -137,7 +209,8 @@ def _parser() -> argparse.ArgumentParser:
     _kafka_arguments(publish_data)
     publish_data.set_defaults(handler=_publish_data)
 
-    status = commands.add_parser("status", help="print the serving statistics of a server")
+
+def _status_command(status: argparse.ArgumentParser) -> None:
     status.add_argument("--url", default="http://127.0.0.1:8080", help="the server's HTTP API")
     status.add_argument(
         "--ca-file",
@@ -150,13 +223,32 @@ def _parser() -> argparse.ArgumentParser:
         help="PEM file holding a client key and certificate, for a server that asks for one",
     )
     status.set_defaults(handler=_status)
-    return parser
 
 
 def _demo(args: argparse.Namespace) -> int:
     from streamserve.demo.wine import DemoOptions, run_demo
 
-    return run_demo(_console(), DemoOptions(args.rate, args.seconds_per_model))
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    options = DemoOptions(args.rate, args.seconds_per_model, args.http_port)
+    start_api = None if args.http_port is None else _demo_api(args.http_port)
+    return run_demo(_console(), options, stop=stop, start_api=start_api)
+
+
+def _demo_api(port: int) -> ApiStarter:
+    """Serves the HTTP API of the demo's core while the demo runs; yields its URL."""
+
+    @contextmanager
+    def serve_api(core: ServingCore, is_ready: Callable[[], bool]) -> Iterator[str]:
+        api = ApiServer(core, ApiSettings(port=port), is_ready)
+        api.start()
+        try:
+            yield api.url
+        finally:
+            api.stop()
+
+    return serve_api
 
 
 def _console() -> Console:
@@ -191,10 +283,16 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     if embedded.models_dir is not None:
         roots.append(embedded.models_dir)
     serving = base.serving.model_copy(update={"model_roots": roots})
-    api = (
-        base.api if args.http_port is None else base.api.model_copy(update={"port": args.http_port})
+    ports = {"port": args.http_port, "grpc_port": args.grpc_port}
+    api = base.api.model_copy(update={k: v for k, v in ports.items() if v is not None})
+    logs = base.logging.model_copy(
+        update={
+            name: value
+            for name, value in {"level": args.log_level, "format": args.log_format}.items()
+            if value is not None
+        }
     )
-    update = {"embedded": embedded, "codec": codec, "serving": serving, "api": api}
+    update = {"embedded": embedded, "codec": codec, "serving": serving, "api": api, "logging": logs}
     if args.runtime is not None:
         update["runtime"] = args.runtime
     return base.model_copy(update=update)
@@ -202,31 +300,60 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 def _serve(args: argparse.Namespace) -> int:
     settings = _settings_from(args)
+    configure_logging(settings.logging.level, settings.logging.format)
+    args.effective_log_format = settings.logging.format
     codec = build_codec(settings.codec)
     serving = settings.serving
     router = load_router(serving.router, serving.router_options) if serving.router else None
     with ServingCore(serving, router=router) as core, ExitStack() as resources:
-        runtime = build_runtime(settings.runtime, RuntimeContext(settings, core, codec, resources))
+        context = RuntimeContext(settings, core, codec, resources, on_event=log_model_event)
+        runtime = build_runtime(settings.runtime, context)
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: runtime.stop())
         if settings.api.port is not None:
             api = ApiServer(core, settings.api, runtime.ready.is_set, lambda: runtime.consumer_lag)
             api.start()
             resources.callback(api.stop)
-            print(f"streamserve: HTTP API on {api.url}", file=sys.stderr, flush=True)
-        summary = runtime.run(count=args.count, timeout_s=args.timeout_s)
-    print(
-        f"streamserve: {summary.records} records, {summary.results} results, "
-        f"{summary.errors} errors, {summary.model_events} model events in "
-        f"{summary.elapsed_s:.2f} s",
-        file=sys.stderr,
+            log_listening("HTTP API", api.url)
+        if settings.api.grpc_port is not None:
+            from streamserve.api.grpc import grpc_server  # grpc is imported only when used
+
+            grpc_api = grpc_server(core, settings.api, runtime.ready.is_set)
+            grpc_api.start()
+            resources.callback(grpc_api.stop)
+            log_listening("gRPC API", grpc_api.address)
+        interval_s = settings.logging.summary_interval_s
+        if interval_s > 0:
+            summary = ServingSummary(core, interval_s, lambda: runtime.consumer_lag)
+            summary.start()
+            resources.callback(summary.stop)
+        done = runtime.run(count=args.count, timeout_s=args.timeout_s)
+    log.info(
+        "%d records, %d results, %d errors, %d model events in %.2f s",
+        done.records,
+        done.results,
+        done.errors,
+        done.model_events,
+        done.elapsed_s,
+        extra={
+            "event": "stopped",
+            "records": done.records,
+            "results": done.results,
+            "errors": done.errors,
+            "model_events": done.model_events,
+            "elapsed_s": round(done.elapsed_s, 3),
+        },
     )
     return 0
 
 
 def _kafka_arguments(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--config", type=Path, help="TOML settings file ([kafka] section)")
-    command.add_argument("--bootstrap-servers", help="overrides kafka.bootstrap_servers")
+    command.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML settings file ([kafka] section)"
+    )
+    command.add_argument(
+        "--bootstrap-servers", metavar="HOSTS", help="overrides kafka.bootstrap_servers"
+    )
     command.add_argument("--topic", help="default: kafka.models_topic / kafka.data_topics[0]")
 
 

@@ -8,6 +8,7 @@ to constructors. Environment variables override the file; nested fields use ``__
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -275,6 +276,30 @@ def admin_token_problem(token: str) -> str | None:
     return None
 
 
+class MetricsSettings(_Section):
+    """Which keys have series of their own in ``/metrics`` (``[api.metrics]``).
+
+    Every scrape carries the totals and the aggregates per model type, whatever the number of
+    keys; per-key series (22 a key) only for the keys chosen here, so that a scrape stays
+    bounded with 100,000 keys."""
+
+    keys: list[str] = Field(
+        default_factory=list,
+        description="keys that always have per-key series (those that have a model slot)",
+    )
+    top_keys: Annotated[int, Field(ge=0)] | Literal["all"] = Field(
+        20,
+        description="per-key series also for the N keys whose models scored the most records; "
+        '0: none; "all": every key (22 series and 2.3 KB a key: small deployments only)',
+    )
+    top_error_keys: int = Field(
+        20,
+        ge=0,
+        description="per-key series also for the N keys whose models' records got the most "
+        "error records (keys without any are left out); 0: none",
+    )
+
+
 class ApiSettings(_Section):
     """The HTTP API: where it listens, TLS, the admin token, and the limits that keep a hostile
     or broken client from taking the server's memory or connections."""
@@ -284,6 +309,13 @@ class ApiSettings(_Section):
 
     host: str = Field("127.0.0.1", description="address the HTTP API listens on")
     port: int | None = Field(None, ge=0, le=65535, description="HTTP API port; None: no API")
+    grpc_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="port of the Open Inference Protocol over gRPC (the grpc extra), on the "
+        "same host, with the same TLS files and limits as the HTTP API; None: no gRPC API",
+    )
     admin_token: SecretStr | None = Field(
         None,
         description=f"bearer token of admin actions ({ADMIN_TOKEN_MIN_LENGTH}+ printable ASCII "
@@ -325,6 +357,28 @@ class ApiSettings(_Section):
         ge=1,
         description="V2 inference requests parsed and scored at once; more wait their turn",
     )
+    metrics: MetricsSettings = Field(
+        default_factory=MetricsSettings,
+        description="which keys have per-key series in /metrics ([api.metrics])",
+    )
+    dashboard: bool = Field(
+        True,
+        description="serve the dashboard at / and sample its history on a thread of the API",
+    )
+    dashboard_interval_s: float = Field(
+        1.0,
+        gt=0,
+        description="how often the dashboard's history samples the serving state (a sample "
+        "reads every model's statistics; it waits longer if sampling would take over a tenth "
+        "of a core)",
+    )
+    dashboard_history_s: float = Field(
+        600.0, gt=0, description="how much history the dashboard keeps and plots"
+    )
+    keys_page_size: int = Field(100, ge=1, description="keys in a /keys answer that gives no limit")
+    keys_page_max: int = Field(
+        1000, ge=1, description="the most keys a /keys answer holds, whatever limit it asks"
+    )
 
     @field_validator("admin_token")
     @classmethod
@@ -350,6 +404,31 @@ class ApiSettings(_Section):
         return self
 
 
+class LoggingSettings(_Section):
+    """``[logging]``: the server's log lines on stderr (``--log-level``, ``--log-format``)."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO",
+        description="streamserve's log lines at this level and above: INFO shows the lifecycle "
+        "(connected, models caught up, partitions, swaps, the summary), WARNING only problems "
+        "(rejected models among them), DEBUG everything, libraries' own lines included",
+    )
+    format: Literal["text", "json"] = Field(
+        "text", description="text lines, or one JSON object per line for log shippers"
+    )
+    summary_interval_s: float = Field(
+        60.0,
+        ge=0,
+        description="seconds between summary lines (records/s, errors, consumer lag, live "
+        "models); 0: none",
+    )
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper_case(cls, level: object) -> object:
+        return level.upper() if isinstance(level, str) else level
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="STREAMSERVE_", env_nested_delimiter="__", extra="forbid", frozen=True
@@ -365,6 +444,7 @@ class Settings(BaseSettings):
     embedded: EmbeddedSettings = Field(default_factory=EmbeddedSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     @classmethod
     def settings_customise_sources(

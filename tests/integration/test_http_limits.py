@@ -330,3 +330,12 @@ def test_a_model_overrunning_the_scoring_deadline_answers_504() -> None:
     assert error.startswith("model 'wine': ")
     assert "did not return within 0.5 s" in error
     assert live.status_code == 200
+
+
+def test_a_malformed_request_head_is_refused_with_an_error_document(core: ServingCore) -> None:
+    with running(core) as server, connect(server) as sock:
+        sock.sendall(b"GET /keys HTTP/1.1\r\nHost: test\r\nX-Bad: a\x00b\r\n\r\n")
+        status, headers, body = response_of(read_until_closed(sock))
+    assert status == 400
+    assert headers["content-type"] == "application/json"
+    assert "malformed HTTP request" in orjson.loads(body)["error"]

@@ -20,8 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from streamserve.api.dashboard import key_pages_and_dashboard
 from streamserve.api.endpoints import Endpoints, OrjsonResponse
 from streamserve.api.limits import BodyLimits
+from streamserve.api.openapi import openapi_endpoint
 from streamserve.errors import (
     AccessDeniedError,
     InvalidRequestError,
@@ -64,12 +66,15 @@ def build_app(
     """The HTTP API over ``core``; admin actions need ``admin_token`` (``None``: disabled).
     ``settings`` gives the request limits (default: :class:`ApiSettings`' defaults)."""
     limits = settings or ApiSettings()
+    key_pages, dashboard = key_pages_and_dashboard(core, limits, consumer_lag)
     endpoints = Endpoints(
         core,
         admin_token=admin_token,
         is_ready=is_ready,
         consumer_lag=consumer_lag,
         inference_threads=limits.inference_threads,
+        metrics=limits.metrics,
+        key_pages=key_pages,
     )
     body_limits = Middleware(
         BodyLimits,
@@ -78,8 +83,9 @@ def build_app(
         refuse=refusal,
     )
     return Starlette(
-        routes=_routes(endpoints),
+        routes=[*_routes(endpoints), *(dashboard.routes() if dashboard else [])],
         middleware=[body_limits],
+        lifespan=dashboard.lifespan if dashboard else None,
         exception_handlers={
             RequestError: refused,
             HTTPException: refused,  # Starlette's own: no such route, a method not allowed
@@ -97,10 +103,14 @@ def _routes(endpoints: Endpoints) -> list[Route]:
         Route("/v2/models/{name}", endpoints.model_metadata),
         Route("/v2/models/{name}/ready", endpoints.model_ready),
         Route("/v2/models/{name}/infer", endpoints.infer, methods=["POST"]),
+        Route("/v2/models/{name}/versions/{version}", endpoints.model_metadata),
+        Route("/v2/models/{name}/versions/{version}/ready", endpoints.model_ready),
+        Route("/v2/models/{name}/versions/{version}/infer", endpoints.infer, methods=["POST"]),
         Route("/keys", endpoints.keys),
         Route("/keys/{key}", endpoints.key),
         Route("/models", endpoints.models),
         Route("/metrics", endpoints.metrics),
+        Route("/openapi.json", openapi_endpoint),
         Route("/admin/keys/{key}/rollback", endpoints.rollback, methods=["POST"]),
         Route("/admin/keys/{key}/pin", endpoints.pin, methods=["POST"]),
         Route("/admin/keys/{key}/unpin", endpoints.unpin, methods=["POST"]),

@@ -17,10 +17,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from streamserve import __version__
 from streamserve.api import v2
+from streamserve.api.inference import InferenceService
 from streamserve.api.metrics import metrics_registry
-from streamserve.api.state import keys_document, models_document, slot_document
+from streamserve.api.state import KeyPages, models_document, slot_document
 from streamserve.errors import (
     AdminDisabledError,
     ConfigurationError,
@@ -30,7 +30,7 @@ from streamserve.errors import (
 )
 from streamserve.serving.core import ServingCore
 from streamserve.serving.slot import ModelSlot
-from streamserve.settings import admin_token_problem
+from streamserve.settings import MetricsSettings, admin_token_problem
 
 
 class OrjsonResponse(JSONResponse):
@@ -58,6 +58,8 @@ class Endpoints:
         is_ready: Callable[[], bool] = lambda: True,
         consumer_lag: Callable[[], int | None] | None = None,
         inference_threads: int = 2,
+        metrics: MetricsSettings | None = None,
+        key_pages: KeyPages | None = None,
     ) -> None:
         problem = None if admin_token is None else admin_token_problem(admin_token)
         if problem is not None:
@@ -66,14 +68,20 @@ class Endpoints:
                 f"the admin token is {kind}: {problem}; or set none to disable admin actions"
             )
         self._core = core
+        self._inference = InferenceService(core, is_ready)
         self._admin_token = None if admin_token is None else admin_token.encode()
         self._is_ready = is_ready
-        self._registry = metrics_registry(core, consumer_lag)
+        self._registry = metrics_registry(core, consumer_lag, metrics)
+        self._scrapes = anyio.CapacityLimiter(1)  # a scrape is one pass over every key
         self._inference_limiter = anyio.CapacityLimiter(inference_threads)
+        self._key_pages = key_pages or KeyPages(core)
 
     # --- Open Inference Protocol -------------------------------------------------------------
     async def server_metadata(self, request: Request) -> Response:
-        return OrjsonResponse({"name": "streamserve", "version": __version__, "extensions": []})
+        metadata = self._inference.server_metadata()
+        return OrjsonResponse(
+            {"name": metadata.name, "version": metadata.version, "extensions": metadata.extensions}
+        )
 
     async def live(self, request: Request) -> Response:
         return OrjsonResponse({"live": True})
@@ -86,33 +94,48 @@ class Endpoints:
         return OrjsonResponse({"ready": ok}, 200 if ok else 400)
 
     async def model_metadata(self, request: Request) -> Response:
-        return OrjsonResponse(v2.model_metadata(self._core, request.path_params["name"]))
+        name, version = request.path_params["name"], request.path_params.get("version", "")
+        return OrjsonResponse(v2.metadata_document(self._inference.model_metadata(name, version)))
 
     async def model_ready(self, request: Request) -> Response:
-        name = request.path_params["name"]
-        ok = v2.answering_model(self._core, name) is not None
+        name, version = request.path_params["name"], request.path_params.get("version", "")
+        ok = self._inference.model_ready(name, version)
         return OrjsonResponse({"name": name, "ready": ok}, 200 if ok else 400)
 
     async def infer(self, request: Request) -> Response:
         """Parses and scores on a worker thread, ``inference_threads`` at a time: a batch must
-        not hold up the event loop, and parsed requests must not pile up in memory."""
-        body = await request.body()  # BodyLimits bounds it
-        name = request.path_params["name"]
-        answer = await anyio.to_thread.run_sync(
-            self._parse_and_score, name, body, limiter=self._inference_limiter
+        not hold up the event loop, and parsed requests must not pile up in memory. The body
+        is JSON, or JSON and binary tensor data (the binary tensor data extension, see
+        :mod:`streamserve.api.v2`); so is the answer."""
+        body = await request.body()  # BodyLimits bounds it; read whole, so nothing is left over
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding != "identity":
+            raise InvalidRequestError(
+                f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+            )
+        name, version = request.path_params["name"], request.path_params.get("version", "")
+        arguments = (name, version, body, request.headers.get(v2.HEADER_LENGTH))
+        content, json_length = await anyio.to_thread.run_sync(
+            self._parse_and_score, *arguments, limiter=self._inference_limiter
         )
-        return OrjsonResponse(answer)
+        if json_length is None:
+            return Response(content, media_type="application/json")
+        headers = {v2.HEADER_LENGTH: str(json_length)}
+        return Response(content, media_type=v2.BINARY_CONTENT_TYPE, headers=headers)
 
-    def _parse_and_score(self, name: str, body: bytes) -> dict[str, Any]:
-        try:
-            document = orjson.loads(body)
-        except orjson.JSONDecodeError as err:
-            raise InvalidRequestError(f"the request body is not JSON: {err}") from err
-        return v2.infer(self._core, name, document)
+    def _parse_and_score(
+        self, name: str, version: str, body: bytes, header_length: str | None
+    ) -> tuple[bytes, int | None]:
+        document, binary = v2.parse_body(body, header_length)
+        request, encoding = v2.decode_request(name, document, binary, version)
+        return v2.encode_response(self._inference.infer(request), encoding)
 
     # --- serving state -----------------------------------------------------------------------
     async def keys(self, request: Request) -> Response:
-        return OrjsonResponse(keys_document(self._core))
+        """A page of keys (:class:`~streamserve.api.state.KeysQuery` gives the parameters),
+        made on a worker thread: ordering many keys must not hold up the event loop."""
+        params = dict(request.query_params)
+        return OrjsonResponse(await anyio.to_thread.run_sync(self._key_pages.document, params))
 
     async def key(self, request: Request) -> Response:
         return OrjsonResponse(slot_document(self._slot(request)))
@@ -121,7 +144,12 @@ class Endpoints:
         return OrjsonResponse(models_document(self._core))
 
     async def metrics(self, request: Request) -> Response:
-        return Response(generate_latest(self._registry), media_type=CONTENT_TYPE_LATEST)
+        """Collected on a worker thread, one scrape at a time: with many keys its pass over
+        them must not hold up the event loop (V2 requests, health probes)."""
+        body = await anyio.to_thread.run_sync(
+            generate_latest, self._registry, limiter=self._scrapes
+        )
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     # --- admin -------------------------------------------------------------------------------
     async def rollback(self, request: Request) -> Response:

@@ -1,7 +1,14 @@
-"""Prometheus metrics read from the live core at scrape time (one registry per app)."""
+"""Prometheus metrics read from the live core at scrape time (one registry per app).
+
+A scrape carries the totals and the statistics of every model summed per model type, whatever
+the number of keys; per-key series (22 a key) only for the keys that
+:class:`~streamserve.settings.MetricsSettings` picks: configured ones and the top N by records
+and by errors. So a scrape stays small with 100,000 keys, and costs one pass over the slots.
+"""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from itertools import accumulate
 
@@ -14,22 +21,38 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from streamserve.api.metrics_scan import (
+    LATENCY_BOUNDS,
+    ROLES,
+    FormatTotals,
+    RetiredTotals,
+    SlotScan,
+    scan,
+)
 from streamserve.serving.core import BATCH_SIZE_BUCKETS, ServingCore
 from streamserve.serving.slot import ModelRole, ModelSlot, ServedModel
-from streamserve.serving.stats import LATENCY_BUCKETS_S
+from streamserve.settings import MetricsSettings
 
 MODEL_LABELS = ["key", "model", "version"]
+FORMAT_LABELS = ["model_type"]
 
 
 class ServingCollector(Collector):
-    """Reads the core's counters and every slot's statistics at each scrape: nothing is kept
-    between scrapes, so the numbers are those the core and ``/keys`` hold at that moment."""
+    """Reads the core's counters and every slot's statistics at each scrape, so the numbers are
+    those the core and ``/keys`` hold at that moment; only the statistics of models gone since
+    are kept between scrapes (:class:`~streamserve.api.metrics_scan.RetiredTotals`)."""
 
     def __init__(
-        self, core: ServingCore, consumer_lag: Callable[[], int | None] | None = None
+        self,
+        core: ServingCore,
+        consumer_lag: Callable[[], int | None] | None = None,
+        settings: MetricsSettings | None = None,
     ) -> None:
         self._core = core
         self._consumer_lag = consumer_lag
+        self._settings = settings or MetricsSettings()
+        self._retired = RetiredTotals()
+        self._lock = threading.Lock()  # one scan at a time: they update the retired totals
 
     def collect(self) -> Iterator[Metric]:
         counts = self._core.counts
@@ -41,10 +64,38 @@ class ServingCollector(Collector):
             yield GaugeMetricFamily(
                 "streamserve_consumer_lag", "Records behind the data partitions' ends", value=lag
             )
+        yield from self._scanned(counts)
+
+    def _scanned(self, counts: Mapping[str, int]) -> list[Metric]:
+        """The series that need a pass over the slots: per model type, and the chosen keys'."""
+        settings = self._settings
+        top_keys = 0 if settings.top_keys == "all" else settings.top_keys
+        with self._lock:
+            slots = self._core.slots()
+            found = scan(slots, top_keys, settings.top_error_keys)
+            self._retired.fold(found, slots)
+            metrics = _format_families(found, self._retired)
+            rejected = found.rejected + self._retired.rejected
+        chosen = slots if settings.top_keys == "all" else self._chosen_slots(found)
         families = ModelFamilies()
-        for slot in self._core.slots():
+        for slot in chosen:
             families.add(slot)
-        yield from families.all()
+        return [
+            *metrics,
+            *_key_totals(len(slots), len(chosen), rejected, counts),
+            *families.all(),
+        ]
+
+    def _chosen_slots(self, found: SlotScan) -> list[ModelSlot]:
+        """The slots that get per-key series: the top keys by records and by errors that the
+        scan found, and the configured keys."""
+        top = [*found.by_records.slots(), *found.by_errors.slots()]
+        chosen = {slot.key: slot for slot in top}
+        for key in self._settings.keys:
+            slot = self._core.find_slot(key)
+            if slot is not None:
+                chosen.setdefault(key, slot)
+        return [chosen[key] for key in sorted(chosen)]
 
     def _model_totals(self, counts: Mapping[str, int]) -> Iterator[Metric]:
         yield CounterMetricFamily(
@@ -83,6 +134,68 @@ class ServingCollector(Collector):
         )
 
 
+def _format_families(found: SlotScan, retired: RetiredTotals) -> list[Metric]:
+    """The statistics of every model, held now or gone, summed per model type."""
+    results = CounterMetricFamily(
+        "streamserve_format_results", "Records scored by models of a type", labels=FORMAT_LABELS
+    )
+    errors = CounterMetricFamily(
+        "streamserve_format_errors",
+        "Records of keys that got an error record while a model of the type served them",
+        labels=FORMAT_LABELS,
+    )
+    latency = HistogramMetricFamily(
+        "streamserve_format_scoring_batch_seconds",
+        "Time to score one micro-batch with a model of the type",
+        labels=FORMAT_LABELS,
+    )
+    swaps = CounterMetricFamily(
+        "streamserve_format_swaps",
+        "Models of a type that became current (a swap, or a key's first model)",
+        labels=FORMAT_LABELS,
+    )
+    held = GaugeMetricFamily(
+        "streamserve_models", "Models held now, by type and role", labels=["model_type", "role"]
+    )
+    for model_type in sorted(found.formats.keys() | retired.formats.keys()):
+        now = found.formats.get(model_type) or FormatTotals()
+        totals = FormatTotals()
+        totals.include(now)
+        if model_type in retired.formats:
+            totals.include(retired.formats[model_type])
+        labels = [model_type]
+        results.add_metric(labels, totals.results)
+        errors.add_metric(labels, totals.errors)
+        swaps.add_metric(labels, totals.swaps)
+        cumulative = accumulate(totals.latency_counts())
+        buckets = list(zip(LATENCY_BOUNDS, cumulative, strict=True))
+        latency.add_metric(labels, buckets, sum_value=totals.duration_s)
+        for role, count in zip(ROLES, now.held, strict=True):
+            held.add_metric([model_type, role.value], count)
+    return [results, errors, latency, swaps, held]
+
+
+def _key_totals(
+    keys: int, chosen: int, rejected: int, counts: Mapping[str, int]
+) -> Iterator[Metric]:
+    yield GaugeMetricFamily("streamserve_keys", "Keys with a model slot", value=keys)
+    yield GaugeMetricFamily(
+        "streamserve_metrics_keys",
+        "Keys with per-key series in this scrape (api.metrics)",
+        value=chosen,
+    )
+    yield CounterMetricFamily(
+        "streamserve_rejected_models",
+        "Models rejected or quarantined, over every key that has or had a model slot",
+        value=rejected,
+    )
+    yield CounterMetricFamily(
+        "streamserve_quarantined_models",
+        "Models taken out of service because they kept failing",
+        value=counts.get("model_quarantines", 0),
+    )
+
+
 def _record_totals(counts: Mapping[str, int]) -> Iterator[Metric]:
     for name, help_text in (
         ("records", "Input records"),
@@ -111,7 +224,7 @@ def _batch_sizes(counts: Mapping[str, int]) -> Metric:
 
 
 class ModelFamilies:
-    """The per-key and per-model metric families of one scrape."""
+    """The per-key and per-model metric families of one scrape, for the keys it was given."""
 
     def __init__(self) -> None:
         self.results = CounterMetricFamily(
@@ -160,10 +273,11 @@ class ModelFamilies:
         labels = [key, stats.name, stats.version]
         self.results.add_metric(labels, stats.invocations)
         self.errors.add_metric(labels, stats.errors)
-        cumulative = list(accumulate(stats.batch_latency_counts))
-        bounds = [repr(bound) for bound in LATENCY_BUCKETS_S] + ["+Inf"]
+        cumulative = accumulate(stats.batch_latency_counts)
         self.latency.add_metric(
-            labels, list(zip(bounds, cumulative, strict=True)), sum_value=stats.total_duration_s
+            labels,
+            list(zip(LATENCY_BOUNDS, cumulative, strict=True)),
+            sum_value=stats.total_duration_s,
         )
         self.loads.add_metric(labels, served.load_duration_s)
         if served.swap_delay_s is not None:
@@ -194,8 +308,10 @@ def _series_models(slot: ModelSlot) -> list[ServedModel]:
 
 
 def metrics_registry(
-    core: ServingCore, consumer_lag: Callable[[], int | None] | None = None
+    core: ServingCore,
+    consumer_lag: Callable[[], int | None] | None = None,
+    settings: MetricsSettings | None = None,
 ) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServingCollector(core, consumer_lag))
+    registry.register(ServingCollector(core, consumer_lag, settings))
     return registry

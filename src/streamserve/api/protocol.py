@@ -140,6 +140,17 @@ class LimitedProtocol(H11Protocol):
         )
         return head.encode() + body
 
+    def send_400_response(self, msg: str) -> None:
+        """A request h11 cannot parse (a malformed head) answers ``{"error": ...}`` as every
+        other refusal does, where uvicorn would answer plain text."""
+        body = orjson.dumps({"error": f"malformed HTTP request: {msg}"})
+        head = (
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode() + body)
+        self.transport.close()
+
     async def _start_tls(self, raw: asyncio.Transport, context: ssl.SSLContext) -> None:
         try:
             left = self._left()

@@ -55,7 +55,8 @@ class ApiServer:
             host=settings.host,
             port=settings.port or 0,
             log_level="warning",
-            lifespan="off",
+            log_config=None,  # uvicorn's records go through streamserve's handler (text or JSON)
+            lifespan="on",  # the dashboard's history samples while the app runs
             # TLS, the head deadline and the connection limit are the protocol's (uvicorn's own
             # limit_concurrency holds no connection back, and its TLS handshake takes 60 s).
             http=limited_protocol(

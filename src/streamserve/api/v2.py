@@ -1,217 +1,259 @@
-"""Open Inference Protocol (KServe V2) REST: model metadata and inference on the live slots.
+"""Open Inference Protocol (KServe V2) REST: JSON requests and answers, and the binary tensor
+data extension; what they mean is :mod:`streamserve.api.inference`'s.
 
-The model name is the key (data type); inference uses the key's current model, the same one
-the stream uses. A request carries either one 2-D input tensor ``[rows, features]`` (positional,
-or named by the model's input names in order) or one 1-D/``[rows, 1]`` tensor per named feature.
+A request body is a JSON object, optionally followed by binary tensor data: then its
+``Inference-Header-Content-Length`` header gives the JSON part's length, and each input sent as
+binary data says its size in ``parameters.binary_data_size`` (the binary data of the inputs
+follows in their order, each little-endian, row-major, without padding). An output is answered
+as binary data when the request asks for it (``parameters.binary_data_output`` for every
+output, or ``parameters.binary_data`` of one requested output, which wins); the answer is then
+``application/octet-stream``: its JSON part (its length in ``Inference-Header-Content-Length``),
+then each binary output's data, whose size its ``parameters.binary_data_size`` gives.
+
 A request that cannot be answered raises a :class:`~streamserve.errors.RequestError`; the app's
 exception handlers answer it with ``{"error": "..."}`` and a 4xx status, as the specification
-shapes errors. A model that overran the scoring deadline raises
-:class:`~streamserve.errors.ScoringTimeoutError` (504): the request may be fine.
+shapes errors.
 """
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+import orjson
 
-from streamserve.codecs.base import DecodedBatch, InputRecord
-from streamserve.errors import InvalidRequestError, ModelNotFoundError, ScoringTimeoutError
-from streamserve.formats.base import InputSpec
+from streamserve.api import tensors
+from streamserve.api.inference import (
+    InferenceRequest,
+    InferenceResponse,
+    InferenceService,
+    InputTensor,
+    ModelMetadata,
+    Parameter,
+)
+from streamserve.errors import InvalidRequestError
 from streamserve.serving.core import ServingCore
-from streamserve.serving.output import ValueType
-from streamserve.serving.slot import ModelIdentity, ModelRole, ServedModel
 
-V2_DATATYPES = {"b": "BOOL", "i": "INT64", "u": "UINT64", "f": "FP64", "U": "BYTES", "O": "BYTES"}
-VALUE_TYPE_DATATYPES = {
-    ValueType.NUMBER: "FP64",
-    ValueType.STRING: "BYTES",
-    ValueType.BOOLEAN: "BOOL",
-    ValueType.ARRAY: "FP64",
-}
-NUMERIC_REQUEST_TYPES = {
-    "FP16",
-    "FP32",
-    "FP64",
-    "INT8",
-    "INT16",
-    "INT32",
-    "INT64",
-    "UINT8",
-    "UINT16",
-    "UINT32",
-    "UINT64",
-    "BOOL",
-}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+BINARY_CONTENT_TYPE = "application/octet-stream"
 
 
-# The roles whose model answers a request, in order: a staged model becomes current as the
-# request's batch starts (a swap at a batch boundary), so it answers if there is no current one.
-ANSWERING_ROLES = (ModelRole.CURRENT, ModelRole.STAGED)
+@dataclass(frozen=True)
+class OutputEncoding:
+    """Which outputs an answer carries as binary data: ``default`` (the request's
+    ``binary_data_output``) unless a requested output says otherwise."""
+
+    default: bool = False
+    overrides: dict[str, bool] = field(default_factory=dict)
+
+    def binary(self, name: str) -> bool:
+        return self.overrides.get(name, self.default)
 
 
-def answering_model(core: ServingCore, name: str) -> ServedModel | None:
-    """The model that answers requests for key ``name``, if any (see ``ANSWERING_ROLES``)."""
-    slot = core.find_slot(name)
-    held = {} if slot is None else dict(slot.models())
-    return next((held[role] for role in ANSWERING_ROLES if role in held), None)
+def parse_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview | None]:
+    """The JSON document of a request body, and the binary data after it (``None`` without an
+    ``Inference-Header-Content-Length`` header: the whole body is JSON)."""
+    if header_length is None:
+        return _json(body), None
+    text = header_length.strip()
+    if not text.isdecimal() or not text.isascii():
+        raise InvalidRequestError(f"{HEADER_LENGTH} must be a number of bytes, not {text!r}")
+    length = int(text)
+    if length > len(body):
+        raise InvalidRequestError(
+            f"{HEADER_LENGTH} is {length}, beyond the request body's {len(body)} bytes"
+        )
+    return _json(body[:length]), memoryview(body)[length:]
 
 
-def current_model(core: ServingCore, name: str) -> ServedModel:
-    """The model that answers requests for key ``name``; raises :class:`ModelNotFoundError`."""
-    served = answering_model(core, name)
-    if served is None:
-        raise ModelNotFoundError(f"model {name!r} not found: no model serves that key")
-    return served
+def _json(data: bytes) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as err:
+        raise InvalidRequestError(f"the request body is not JSON: {err}") from err
 
 
-def model_metadata(core: ServingCore, name: str) -> dict[str, Any]:
-    served = current_model(core, name)
-    spec = served.inputs
-    if spec.names is None:
-        inputs = [{"name": "input", "datatype": "FP64", "shape": [-1, spec.width]}]
-    else:
-        inputs = [{"name": feature, "datatype": "FP64", "shape": [-1]} for feature in spec.names]
+def decode_request(
+    name: str, document: Any, binary: memoryview | None = None, version: str = ""
+) -> tuple[InferenceRequest, OutputEncoding]:
+    """The inference request of a parsed body (``binary``: the data after its JSON part), and
+    how its answer's outputs are to be encoded."""
+    if not isinstance(document, dict) or not isinstance(document.get("inputs"), list):
+        raise InvalidRequestError("the request must be a JSON object with an 'inputs' list")
+    parameters = _parameters(document.get("parameters"), "parameters")
+    data = _BinaryData(binary)
+    inputs = [_input(item, index, data) for index, item in enumerate(document["inputs"])]
+    data.check_all_taken()
+    outputs, encoding = _outputs(document.get("outputs"), parameters)
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        # A client matches answers to requests by id: one it would not get back is refused.
+        raise InvalidRequestError(f"'id' must be a string, not {type(request_id).__name__}")
+    request = InferenceRequest(
+        model_name=name,
+        inputs=inputs,
+        model_version=version,
+        id=request_id or "",
+        outputs=outputs,
+        parameters=parameters,
+    )
+    return request, encoding
+
+
+def encode_response(
+    response: InferenceResponse, encoding: OutputEncoding
+) -> tuple[bytes, int | None]:
+    """The answer's body, and the length of its JSON part when binary data follows it."""
+    document, binary = response_document(response, encoding)
+    header = orjson.dumps(document)
+    if not binary:
+        return header, None
+    return b"".join([header, *binary]), len(header)
+
+
+def response_document(
+    response: InferenceResponse, encoding: OutputEncoding = OutputEncoding()
+) -> tuple[dict[str, Any], list[bytes]]:
+    """The answer's JSON document, and the binary data of its outputs sent as binary data."""
+    outputs, binary = [], []
+    for output in response.outputs:
+        tensor: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": list(output.data.shape),
+        }
+        if encoding.binary(output.name):
+            raw = tensors.to_bytes(output.data, output.datatype)
+            tensor["parameters"] = {"binary_data_size": len(raw)}
+            binary.append(raw)
+        else:
+            tensor["data"] = tensors.to_json(output.data)
+        outputs.append(tensor)
+    document: dict[str, Any] = {
+        "model_name": response.model_name,
+        "model_version": response.model_version,
+        "outputs": outputs,
+        "parameters": response.parameters,
+    }
+    if response.id:
+        document["id"] = response.id
+    return document, binary
+
+
+def metadata_document(metadata: ModelMetadata) -> dict[str, Any]:
     return {
-        "name": name,
-        "versions": [served.identity.version],
-        "platform": served.identity.model_type.lower(),
-        "inputs": inputs,
-        "outputs": [
-            {
-                "name": "value",
-                "datatype": VALUE_TYPE_DATATYPES[served.value_type],
-                "shape": [-1] if served.value_type != ValueType.ARRAY else [-1, -1],
-            }
-        ],
-        "parameters": {
-            "model": served.identity.name,
-            "description": served.identity.description,
-            "value_type": str(served.value_type),
-        },
+        "name": metadata.name,
+        "versions": metadata.versions,
+        "platform": metadata.platform,
+        "inputs": [vars(tensor) for tensor in metadata.inputs],
+        "outputs": [vars(tensor) for tensor in metadata.outputs],
+        "parameters": metadata.parameters,
     }
 
 
 def infer(core: ServingCore, name: str, request: Any) -> dict[str, Any]:
-    """Scores the request's rows with the key's model, as one batch; a row the model cannot
-    score refuses the request (:class:`InvalidRequestError`, naming the first such row), and a
-    model that did not score within the scoring deadline fails it (:class:`ScoringTimeoutError`)."""
-    served = current_model(core, name)
-    names, values, positional = _features(request, served.inputs)
-    records = [InputRecord(b"", position=f"v2:{row}") for row in range(len(values))]
-    batch = DecodedBatch(records, [name] * len(records), names, values, positional=positional)
-    outcome = core.score(batch, observe=False)  # requests are not the key's stream records
-    if outcome.errors:
-        first = min(outcome.errors, key=lambda error: error.row)
-        timed_out = [error for error in outcome.errors if error.kind == ScoringTimeoutError.kind]
-        if timed_out:
-            raise ScoringTimeoutError(f"model {name!r}: {timed_out[0].reason}")
-        raise InvalidRequestError(f"row {first.row}: {first.reason}")
-    if outcome.groups:
-        (group,) = outcome.groups
-        output, identity = np.asarray(group.values), group.model
-    else:  # no rows: nothing scored, the current model still answers
-        output, identity = np.empty(0), served.identity
-    response = _inference_response(name, identity, output, served.value_type)
-    if isinstance(request.get("id"), str):
-        response["id"] = request["id"]
-    return response
+    """Scores a JSON request document (no binary data) with the key's model; answers the JSON
+    response document. What the HTTP route does, for callers in the same process."""
+    decoded, encoding = decode_request(name, request)
+    document, _ = response_document(InferenceService(core).infer(decoded), encoding)
+    return document
 
 
-def _inference_response(
-    name: str, identity: ModelIdentity, output: np.ndarray, value_type: ValueType
-) -> dict[str, Any]:
-    """The response's one output tensor; with no rows its datatype is the model's value type."""
-    if len(output):
-        datatype = V2_DATATYPES.get(output.dtype.kind, "BYTES")
-    else:
-        datatype = VALUE_TYPE_DATATYPES[value_type]
-    tensor = {
-        "name": "value",
-        "shape": list(output.shape),
-        "datatype": datatype,
-        "data": output.ravel().tolist(),
-    }
-    return {
-        "model_name": name,
-        "model_version": identity.version,
-        "outputs": [tensor],
-        "parameters": {"model": identity.name},
-    }
+class _BinaryData:
+    """The binary data after a request's JSON part, taken by its inputs in their order."""
 
+    def __init__(self, data: memoryview | None) -> None:
+        self._data = data
+        self._taken = 0
 
-def _features(request: Any, spec: InputSpec) -> tuple[tuple[str, ...], np.ndarray, bool]:
-    """The request's feature columns, their names, and whether they are the model's inputs in
-    order: a 2-D tensor as wide as the model is positional (it takes a named model's names)."""
-    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
-        raise InvalidRequestError("the request must be a JSON object with an 'inputs' list")
-    tensors = [_tensor(item, index) for index, item in enumerate(request["inputs"])]
-    if not tensors:
-        raise InvalidRequestError("'inputs' is empty")
-    if len(tensors) == 1 and tensors[0][1].ndim == 2:
-        tensor_name, matrix = tensors[0]
-        generated = tuple(f"{tensor_name}[{i}]" for i in range(matrix.shape[1]))
-        if matrix.shape[1] == spec.width:
-            return spec.names or generated, matrix, True
-        return generated, matrix, False
-    return tuple(name for name, _ in tensors), _one_feature_each(tensors), False
-
-
-def _one_feature_each(tensors: list[tuple[str, np.ndarray]]) -> np.ndarray:
-    """Several input tensors as the columns of one matrix: each must be one feature."""
-    columns = []
-    for tensor_name, data in tensors:
-        if data.ndim == 2 and data.shape[1] != 1:
+    def take(self, size: int, where: str) -> memoryview:
+        if self._data is None:
             raise InvalidRequestError(
-                f"input {tensor_name!r} has shape {list(data.shape)}; with several "
-                "inputs each must be one feature: [rows] or [rows, 1]"
+                f"{where} has parameters.binary_data_size, but the request has no "
+                f"{HEADER_LENGTH} header (the length of its JSON part)"
             )
-        columns.append(data.reshape(-1))
-    if len({len(column) for column in columns}) != 1:
-        raise InvalidRequestError("inputs have different numbers of rows")
-    return np.column_stack(columns)
+        left = len(self._data) - self._taken
+        if size > left:
+            raise InvalidRequestError(
+                f"{where}: binary_data_size {size} goes beyond the binary data "
+                f"({left} bytes left after the inputs before it)"
+            )
+        self._taken += size
+        return self._data[self._taken - size : self._taken]
+
+    def check_all_taken(self) -> None:
+        if self._data is not None and self._taken < len(self._data):
+            raise InvalidRequestError(
+                f"{len(self._data) - self._taken} bytes of binary data after the JSON part "
+                "belong to no input (the inputs' binary_data_size add up to "
+                f"{self._taken}; {HEADER_LENGTH} may be wrong)"
+            )
 
 
-def _tensor(item: Any, index: int) -> tuple[str, np.ndarray]:
-    """One input tensor of a request: its name, and its data in its shape."""
-    name, shape = _tensor_header(item, index)
-    where = f"inputs[{index}] ({name})"
-    try:
-        data = np.asarray(item["data"], dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as err:
-        raise InvalidRequestError(f"{where}: data must be numbers: {err}") from err
-    if data.size != math.prod(shape):  # Python integers: no wrap-around
-        raise InvalidRequestError(f"{where}: {data.size} values do not fill shape {shape}")
-    return name, data.reshape(shape)
-
-
-def _tensor_header(item: Any, index: int) -> tuple[str, list[int]]:
-    """A tensor's name and shape, checked with its datatype before its data is read."""
+def _input(item: Any, index: int, binary: _BinaryData) -> InputTensor:
+    """One input tensor of a request, its data from JSON ``data`` or from the binary data."""
     if not isinstance(item, dict):
         raise InvalidRequestError(f"inputs[{index}] is not an object")
-    missing = [key for key in ("name", "shape", "datatype", "data") if key not in item]
+    parameters = _parameters(item.get("parameters"), f"inputs[{index}].parameters")
+    size = parameters.get("binary_data_size")
+    required = ("name", "shape", "datatype") + (("data",) if size is None else ())
+    missing = [key for key in required if key not in item]
     if missing:
         raise InvalidRequestError(f"inputs[{index}] lacks {', '.join(missing)}")
-    name, datatype = str(item["name"]), item["datatype"]
+    name, datatype = item["name"], item["datatype"]
+    if not isinstance(name, str):
+        raise InvalidRequestError(f"inputs[{index}]: name must be a string")
     where = f"inputs[{index}] ({name})"
-    if datatype not in NUMERIC_REQUEST_TYPES:
-        raise InvalidRequestError(
-            f"{where}: datatype {datatype!r} is not supported; features are numbers"
+    problem = tensors.datatype_problem(datatype)
+    if problem is not None:
+        raise InvalidRequestError(f"{where}: {problem}")
+    shape = tensors.input_shape(item["shape"], where)
+    if size is None:
+        return InputTensor(
+            name, datatype, tensors.from_values(item["data"], datatype, shape, where)
         )
-    return name, _shape(item["shape"], where)
+    if "data" in item:
+        raise InvalidRequestError(f"{where} has both data and parameters.binary_data_size")
+    if type(size) is not int or size < 0:
+        raise InvalidRequestError(f"{where}: binary_data_size must be a number of bytes")
+    raw = binary.take(size, where)
+    return InputTensor(name, datatype, tensors.from_bytes(raw, datatype, shape, where))
 
 
-def _shape(shape: Any, where: str) -> list[int]:
-    """A tensor's shape: ``[rows]`` or ``[rows, features]`` with at least one feature."""
-    if not (
-        isinstance(shape, list)
-        and 1 <= len(shape) <= 2
-        and all(type(d) is int and d >= 0 for d in shape)  # not bool, whatever Python says
-    ):
-        raise InvalidRequestError(f"{where}: shape must be [rows] or [rows, features]")
-    if shape[1:] == [0]:  # no values fill it however many rows it claims: refused, not built
-        raise InvalidRequestError(
-            f"{where}: shape {shape} has no features; a row needs at least one"
-        )
-    return list(shape)
+def _outputs(
+    requested: Any, parameters: dict[str, Parameter]
+) -> tuple[tuple[str, ...], OutputEncoding]:
+    """The outputs a request names (none: every output), and how each is to be answered."""
+    default = parameters.get("binary_data_output", False)
+    if not isinstance(default, bool):
+        raise InvalidRequestError("parameters.binary_data_output must be true or false")
+    if requested is None:
+        return (), OutputEncoding(default)
+    if not isinstance(requested, list):
+        raise InvalidRequestError("'outputs' must be a list")
+    names, overrides = [], {}
+    for index, item in enumerate(requested):
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise InvalidRequestError(f"outputs[{index}] must be an object with a name")
+        where = f"outputs[{index}] ({item['name']})"
+        own = _parameters(item.get("parameters"), f"outputs[{index}].parameters")
+        if "classification" in own:
+            raise InvalidRequestError(f"{where}: the classification extension is not supported")
+        if "binary_data" in own:
+            if not isinstance(own["binary_data"], bool):
+                raise InvalidRequestError(f"{where}: binary_data must be true or false")
+            overrides[item["name"]] = own["binary_data"]
+        names.append(item["name"])
+    return tuple(names), OutputEncoding(default, overrides)
+
+
+def _parameters(value: Any, where: str) -> dict[str, Parameter]:
+    """A ``parameters`` object: names to strings, numbers or booleans."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidRequestError(f"{where} must be an object")
+    for key, item in value.items():
+        if not isinstance(item, str | int | float | bool):
+            raise InvalidRequestError(f"{where}.{key} must be a string, number or boolean")
+    return value

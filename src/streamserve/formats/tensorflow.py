@@ -1,6 +1,7 @@
 """TensorFlow models: TF1 frozen GraphDefs (TENSORFLOW) and SavedModels (TENSORFLOWSAVED).
 
 TensorFlow is imported on the first TF model only (the import alone takes seconds and ~500 MB).
+Its native log lines go to the ``tensorflow`` Python logger (:mod:`.native_logs`).
 
 Frozen graph options: ``input`` (default: the graph's single Placeholder) and ``output``
 (default: the last node). SavedModel options: ``signature`` (default: the first, as FLIP-23 did),
@@ -10,7 +11,9 @@ from a directory ``location`` or as inline data holding a tar or zip archive of 
 
 from __future__ import annotations
 
+import sys
 import threading
+from contextlib import nullcontext
 from typing import Any
 
 from streamserve.descriptor import OutputRule
@@ -26,18 +29,21 @@ from streamserve.formats.base import (
     import_optional,
 )
 from streamserve.formats.cache import LeasedDirectory
+from streamserve.formats.native_logs import native_logs_to
 
 _import_lock = threading.Lock()
 
 
 def _tensorflow(context: FactoryContext) -> Any:
     with _import_lock:
-        tf = import_optional("tensorflow", "for TensorFlow models", "tensorflow")
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(context.threads_per_model)
-            tf.config.threading.set_inter_op_parallelism_threads(1)
-        except RuntimeError:
-            pass  # the runtime was initialized already (an earlier model): threads are set
+        first = "tensorflow" not in sys.modules
+        with native_logs_to("tensorflow", "TF_CPP_MIN_LOG_LEVEL") if first else nullcontext():
+            tf = import_optional("tensorflow", "for TensorFlow models", "tensorflow")
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(context.threads_per_model)
+                tf.config.threading.set_inter_op_parallelism_threads(1)
+            except RuntimeError:
+                pass  # the runtime was initialized already (an earlier model): threads are set
         return tf
 
 

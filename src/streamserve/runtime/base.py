@@ -20,6 +20,7 @@ thread-safe, and the HTTP API scores on its own threads while the loop runs.
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -256,6 +257,34 @@ def collect_batch(
             break
         items.extend(more)
     return items
+
+
+def log_caught_up(
+    log: logging.Logger, core: ServingCore, source: str, models: int, started: float
+) -> None:
+    """The lifecycle line of a runtime whose startup models (``models`` of them, read from
+    ``source`` since ``started``, a monotonic time) have loaded or been rejected."""
+    elapsed_s = time.monotonic() - started
+    keys = sum(slot.current is not None or slot.staged is not None for slot in core.slots())
+    log.info(
+        "models caught up: %s from %s loaded or rejected in %.1f s; %s",
+        counted(models, "model"),
+        source,
+        elapsed_s,
+        "1 key has a model" if keys == 1 else f"{keys:,} keys have a model",
+        extra={
+            "event": "models_caught_up",
+            "models": models,
+            "keys": keys,
+            "source": source,
+            "elapsed_s": round(elapsed_s, 3),
+        },
+    )
+
+
+def counted(count: int, noun: str) -> str:
+    """``1 model``, ``2 models``: for log lines."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def freeze_startup_objects() -> None:

@@ -9,6 +9,7 @@ scoring.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from streamserve.codecs.base import Codec, Framing, InputRecord
-from streamserve.runtime.base import BatchLoop, RunSummary, collect_batch
+from streamserve.runtime.base import BatchLoop, RunSummary, collect_batch, log_caught_up
 from streamserve.runtime.batch import EncodedBatch
 from streamserve.runtime.encoding import OutputMessage
 from streamserve.runtime.model_directory import ModelDirectory, ModelMessage
@@ -41,6 +42,7 @@ __all__ = ["EmbeddedRuntime", "ModelSource", "RunSummary", "embedded_runtime"]
 
 
 STARTUP_WAIT_S = 0.1  # one wait for the startup models, between looks at a stop request
+log = logging.getLogger(__name__)
 
 
 class ModelSource(Protocol):
@@ -85,30 +87,39 @@ class EmbeddedTransport:
         return self._data.exhausted
 
     def start(self, stopping: threading.Event) -> None:
-        self._take_models(force=True)
-        deadline = time.monotonic() + self._catch_up_timeout_s
+        started = time.monotonic()
+        submitted = self._take_models(force=True)
+        deadline = started + self._catch_up_timeout_s
         while not self._core.wait_for_models(STARTUP_WAIT_S):  # a stop cuts the wait short
             if stopping.is_set():
                 return
             if time.monotonic() >= deadline:
                 break  # serve with what has loaded: the rest loads beside serving
+        if self._models is not None:
+            log_caught_up(log, self._core, "the models folder", submitted, started)
         self.ready.set()
 
     def take_models(self) -> None:
         self._take_models(force=False)
 
-    def _take_models(self, *, force: bool) -> None:
+    def _take_models(self, *, force: bool) -> int:
+        """Submits the model messages that arrived; how many models were submitted."""
         if self._models is None:
-            return
+            return 0
         now = time.monotonic()
         if not force and now < self._next_model_poll:
-            return
+            return 0
         self._next_model_poll = now + self._model_poll_interval_s
+        submitted = 0
         for message in self._models.poll():
             if message.payload is None:
                 self._core.reject_model_message(message.rejection(), message.origin)
             else:
-                self._core.submit_model_message(message.payload, message.origin, message.signature)
+                descriptor = self._core.submit_model_message(
+                    message.payload, message.origin, message.signature
+                )
+                submitted += descriptor is not None
+        return submitted
 
     def next_batch(self, limit: int, wait_s: float) -> RecordBatch | None:
         records = collect_batch(self._data.poll, limit, wait_s, self._max_delay_s)

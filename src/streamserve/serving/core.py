@@ -445,11 +445,13 @@ class ServingCore:
             names, values = _columns_of(batch, rows)
         if observe:
             slot.observe(names, values, self._settings.validation_rows)
-        with slot.batch_model() as (served, swapped):
-            if served is None:
-                outcome.fail_rows(rows, self._no_model(key, slot), key, None)
-                return
+        served, swapped = slot.lease()
+        if served is None:
+            outcome.fail_rows(rows, self._no_model(key, slot), key, None)
+            return
+        try:
             if swapped:
+                replaced = slot.previous
                 self._events.put(
                     ModelEvent(
                         ModelEventKind.SWAPPED,
@@ -457,11 +459,15 @@ class ServingCore:
                         served.identity.name,
                         served.identity.version,
                         load_duration_s=served.load_duration_s,
+                        previous="" if replaced is None else replaced.identity.name,
+                        previous_version="" if replaced is None else replaced.identity.version,
                     )
                 )
             self._scoring.score(
                 served, slot, rows, (names, values), batch, outcome, complete, observe
             )
+        finally:
+            served.release()
 
     @property
     def artifact_cache_failures(self) -> int:

@@ -33,6 +33,8 @@ class ModelEvent:
     load_duration_s: float = 0.0
     origin: str = ""
     at: float = field(default_factory=time.time)
+    previous: str = ""  # a swap: the name of the model it replaced ("" for a key's first)
+    previous_version: str = ""
 
 
 class EventLog:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from streamserve.descriptor.signing import signature_header
 from streamserve.errors import InfrastructureError
+from streamserve.runtime.base import counted
 from streamserve.runtime.kafka.clients import KafkaClients, is_partition_end
 from streamserve.serving.core import ServingCore
 from streamserve.settings import KafkaSettings
@@ -173,6 +174,23 @@ class ModelsTopicReader:
         kafka = self._kafka
         topic = self._settings.models_topic
         partitions = self._partitions(stopping)
+        settings = self._settings
+        log.info(
+            "connected to Kafka at %s: group %r on data topics %s; reading the models topic %r "
+            "(%s) from its start",
+            settings.bootstrap_servers,
+            settings.group_id,
+            ", ".join(settings.data_topics),
+            topic,
+            counted(len(partitions), "partition"),
+            extra={
+                "event": "connected",
+                "bootstrap_servers": settings.bootstrap_servers,
+                "group": settings.group_id,
+                "data_topics": settings.data_topics,
+                "models_topic": topic,
+            },
+        )
         self._reader.assign(
             [kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in partitions]
         )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from streamserve.codecs.base import Codec, Headers, InputRecord
 from streamserve.errors import InfrastructureError
-from streamserve.runtime.base import BatchLoop, collect_batch
+from streamserve.runtime.base import BatchLoop, collect_batch, counted, log_caught_up
 from streamserve.runtime.batch import EncodedBatch
 from streamserve.runtime.encoding import OutputMessage
 from streamserve.runtime.kafka.clients import KafkaClients, is_partition_end
@@ -102,9 +102,12 @@ class KafkaTransport:
         if stopping.is_set():
             return
         self._init_transactions()
-        self.catch_up_models(stopping)  # before any record: see ModelsTopicReader.catch_up
+        started = time.monotonic()
+        models = self.catch_up_models(stopping)  # before any record: ModelsTopicReader.catch_up
         if stopping.is_set():
             return  # asked to stop while catching up: never join the group
+        source = f"the models topic {self._settings.models_topic!r}"
+        log_caught_up(log, self._core, source, models, started)
         self._caught_up = True
         self._data.subscribe(
             self._settings.data_topics, on_assign=self._on_assign, on_revoke=self._on_revoke
@@ -134,6 +137,7 @@ class KafkaTransport:
         """Called inside consume(), between batches, with the partitions added: all of them
         with the eager protocols, only the increment with ``cooperative-sticky``."""
         self._assigned.update((p.topic, p.partition) for p in partitions)
+        self._log_partitions("assigned", partitions)
         if self._caught_up and self._assigned:
             self.ready.set()
 
@@ -155,8 +159,27 @@ class KafkaTransport:
         self._commits.commit_latest()
         self._assigned -= revoked
         self._revoked |= revoked
+        self._log_partitions("revoked", partitions)
         if not self._assigned:
             self.ready.clear()
+
+    def _log_partitions(self, change: str, partitions: list[TopicPartition]) -> None:
+        if not partitions:  # cooperative rebalances call with empty increments
+            return
+        named = [f"{p.topic}/{p.partition}" for p in partitions]
+        log.info(
+            "partitions %s: %s (group %r; %s held)",
+            change,
+            ", ".join(named),
+            self._settings.group_id,
+            counted(len(self._assigned), "partition"),
+            extra={
+                "event": f"partitions_{change}",
+                "partitions": named,
+                "group": self._settings.group_id,
+                "held": len(self._assigned),
+            },
+        )
 
     # --- records -----------------------------------------------------------------------------
     def next_batch(self, limit: int, wait_s: float) -> KafkaBatch | None:
