@@ -21,8 +21,11 @@ from pathlib import Path
 from benchmarks.broker import BROKERS
 from benchmarks.common import FULL, SMOKE, Row, Sizes, WineData, wine_data
 
-SCENARIOS = ("embedded", "kafka", "swap", "many")
-KAFKA_SCENARIOS = ("kafka", "swap")
+SCENARIOS = ("embedded", "kafka", "swap", "many", "metrics", "peers")
+KAFKA_SCENARIOS = ("kafka", "swap", "peers")
+# peers installs two environments of its own (scripts/peers-env.sh) and starts a JVM: --smoke
+# leaves it out unless named (--smoke --only peers)
+NOT_IN_SMOKE = ("peers",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return soak(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: counts, not speed")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny sizes: counts, not speed (every scenario but peers, unless named with --only)",
+    )
     parser.add_argument("--only", choices=SCENARIOS, action="append", help="run these only")
     parser.add_argument(
         "--broker",
@@ -47,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sizes = SMOKE if args.smoke else FULL
-    chosen = args.only or list(SCENARIOS)
+    chosen = args.only or [s for s in SCENARIOS if not (args.smoke and s in NOT_IN_SMOKE)]
     rows: list[Row] = []
     started = time.monotonic()
     with wine_data() as wine:
@@ -80,6 +87,10 @@ def _runner(scenario: str) -> Callable[[WineData, bytes, Sizes], list[Row]]:
         from benchmarks import embedded
 
         return embedded.run
+    if scenario == "metrics":
+        from benchmarks import metrics_scrape
+
+        return metrics_scrape.run
     from benchmarks import many_models
 
     return many_models.run
@@ -90,6 +101,10 @@ def _kafka_runner(scenario: str) -> Callable[[WineData, bytes, Sizes, str], list
         from benchmarks import kafka
 
         return kafka.run
+    if scenario == "peers":
+        from benchmarks.peers import scenario as peers
+
+        return peers.run
     from benchmarks import swap
 
     return swap.run
