@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 
 from streamserve.api.server import ApiServer
@@ -24,7 +26,7 @@ from streamserve.cli_help import (
 )
 from streamserve.codecs.registry import BUILTIN_CODECS, build_codec
 from streamserve.descriptor.signing import Signer, generate_key
-from streamserve.errors import StreamserveError
+from streamserve.errors import ConfigurationError, StreamserveError
 from streamserve.logs import (
     LogFormat,
     ServingSummary,
@@ -47,7 +49,10 @@ from streamserve.settings import ApiSettings, KafkaSettings, Settings, load_sett
 if TYPE_CHECKING:
     from streamserve.demo.wine import ApiStarter
 
+_Section = TypeVar("_Section", bound=BaseModel)
+
 log = logging.getLogger("streamserve")
+MAX_PORT = 65535
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.effective_log_format = args.log_format or LogFormat.TEXT
     configure_logging(args.log_level or args.default_log_level, args.effective_log_format)
+    threading.excepthook = _log_thread_failure
     try:
         return int(args.handler(args))
     except StreamserveError as err:
@@ -63,6 +69,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"streamserve: {err}", file=sys.stderr)
         return 2
+    except Exception:
+        # A defect: its traceback goes to the log, as a JSON object when the lines are JSON.
+        log.critical(
+            "stopped by an unexpected error",
+            exc_info=True,
+            extra={"event": "failed", "error_kind": "internal_error"},
+        )
+        return 1
+
+
+def _log_thread_failure(failure: threading.ExceptHookArgs) -> None:
+    """An exception no thread caught, as a log record (a JSON object when the lines are JSON)
+    rather than a traceback written past the log."""
+    if issubclass(failure.exc_type, SystemExit):
+        return
+    thread = failure.thread.name if failure.thread is not None else "a thread"
+    log.critical(
+        "unexpected error in %s",
+        thread,
+        exc_info=(failure.exc_type, failure.exc_value, failure.exc_traceback),  # type: ignore[arg-type]
+        extra={"event": "thread_failed", "error_kind": "internal_error", "thread_name": thread},
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -90,23 +118,53 @@ def _parser() -> argparse.ArgumentParser:
 
 def _demo_command(demo: argparse.ArgumentParser) -> None:
     demo.add_argument(
-        "--rate", type=float, default=4000.0, help="records per second (default: 4000)"
+        "--rate", type=_positive, default=4000.0, help="records per second (default: 4000)"
     )
     demo.add_argument(
         "--seconds-per-model",
-        type=float,
+        type=_not_negative,
         default=1.0,
         metavar="SECONDS",
         help="time between a model's swap and the next model's arrival (default: 1)",
     )
     demo.add_argument(
         "--http-port",
-        type=int,
+        type=_port,
         metavar="PORT",
         help="serve the dashboard and the HTTP API on this port while the demo runs (0: any "
         "free port), and keep streaming after the last model until Ctrl-C",
     )
     demo.set_defaults(handler=_demo)
+
+
+def _positive(text: str) -> float:
+    """A finite number above 0 (an option's type)."""
+    value = _not_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text} is not above 0")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    """A finite number, 0 or above (an option's type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number, 0 or above")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free port) (an option's type)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= MAX_PORT:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to {MAX_PORT})")
+    return port
 
 
 def _serve_command(serve: argparse.ArgumentParser) -> None:
@@ -137,7 +195,7 @@ def _serve_command(serve: argparse.ArgumentParser) -> None:
     )
     serve.add_argument(
         "--http-port",
-        type=int,
+        type=_port,
         metavar="PORT",
         help="serve the dashboard and the HTTP API on this port (0: any free port)",
     )
@@ -258,8 +316,17 @@ def _console() -> Console:
     return console
 
 
+def _load_settings(config: Path | None) -> Settings:
+    """:func:`load_settings`, with a settings file that is not TOML (or not readable) refused
+    as any refused setting is."""
+    try:
+        return load_settings(config)
+    except (ValueError, OSError) as err:  # tomllib.TOMLDecodeError, UnicodeDecodeError
+        raise ConfigurationError(f"cannot read the settings file {config}: {err}") from err
+
+
 def _settings_from(args: argparse.Namespace) -> Settings:
-    base = load_settings(args.config)
+    base = _load_settings(args.config)
     embedded = base.embedded.model_copy(
         update={
             name: value
@@ -284,7 +351,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         roots.append(embedded.models_dir)
     serving = base.serving.model_copy(update={"model_roots": roots})
     ports = {"port": args.http_port, "grpc_port": args.grpc_port}
-    api = base.api.model_copy(update={k: v for k, v in ports.items() if v is not None})
+    api = _validated(base.api, "api", {k: v for k, v in ports.items() if v is not None})
     logs = base.logging.model_copy(
         update={
             name: value
@@ -296,6 +363,21 @@ def _settings_from(args: argparse.Namespace) -> Settings:
     if args.runtime is not None:
         update["runtime"] = args.runtime
     return base.model_copy(update=update)
+
+
+def _validated(section: _Section, name: str, changes: dict[str, object]) -> _Section:
+    """``section`` (the settings' ``name``) with the command line's ``changes``, checked as the
+    settings file's values are (``model_copy`` checks nothing)."""
+    if not changes:
+        return section
+    try:
+        return type(section).model_validate({**section.model_dump(), **changes})
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in (name, *error['loc']))}: {error['msg']}"
+            for error in err.errors()
+        )
+        raise ConfigurationError(f"invalid options: {problems}") from err
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -367,7 +449,7 @@ def _sign_argument(command: argparse.ArgumentParser) -> None:
 
 
 def _publisher(args: argparse.Namespace) -> tuple[Publisher, KafkaSettings]:
-    kafka = load_settings(args.config).kafka
+    kafka = _load_settings(args.config).kafka
     if args.bootstrap_servers:
         kafka = kafka.model_copy(update={"bootstrap_servers": args.bootstrap_servers})
     return Publisher(kafka.bootstrap_servers, kafka.producer), kafka

@@ -147,6 +147,7 @@ def logging_options() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--log-format",
+        type=str.lower,
         choices=[str(f) for f in LogFormat],
         help="text (the default), or json: one JSON object per line, for log shippers",
     )

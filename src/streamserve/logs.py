@@ -11,7 +11,13 @@ line.
 Library chatter is kept out (:func:`configure_logging`): the loggers of libraries that speak at
 length about themselves (TensorFlow, absl) show errors only, Python's deprecation warnings are
 ignored (they concern library APIs, not the operator's models), and other warnings are logged as
-``py.warnings`` records. ``DEBUG`` shows everything. Nothing here runs at import time.
+``py.warnings`` records, one line each. ``DEBUG`` shows everything. Nothing here runs at
+import time.
+
+Keys, model names and reasons come from model messages nobody vetted: the text format shows
+control and format characters escaped (``\\n``, ``\\x1b``, ``\\u202e``), so that no name can
+start a line of its own or send escape sequences to the operator's terminal, and both formats cut
+what a model message may make long, so that no line grows past what log shippers take whole.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import logging
 import sys
 import threading
 import time
+import unicodedata
 import warnings
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -44,6 +51,15 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 TEXT_DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 MODELS_LOG = "streamserve.models"
 SUMMARY_LOG = "streamserve.summary"
+WARNINGS_LOG = "py.warnings"
+# Model messages may carry names and reasons of megabytes: what a line shows of them. Docker's
+# log drivers split lines longer than 16 KiB, which breaks a JSON line in two.
+MAX_NAME_CHARS = 256  # a key, a model's name or version, an origin
+MAX_REASON_CHARS = 2048
+MAX_MESSAGE_CHARS = 4096  # any line's message; a JSON line's other text fields: MAX_REASON_CHARS
+# What may not reach the terminal as it is: control characters (a newline starts a forged line,
+# escape sequences hide text or set the title) and format characters (a bidi override reorders).
+UNPRINTABLE_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 class LogFormat(enum.StrEnum):
@@ -54,16 +70,42 @@ class LogFormat(enum.StrEnum):
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
-class _ShortNames(logging.Formatter):
-    """The text format: ``streamserve.runtime.kafka`` shows as ``runtime.kafka``."""
+def cut(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters marked as cut."""
+    return text if len(text) <= limit else f"{text[:limit]}… (cut)"
 
-    def format(self, record: logging.LogRecord) -> str:
-        full = record.name
-        record.name = full.removeprefix("streamserve.")
+
+def printable(text: str) -> str:
+    """``text`` with its control and format characters escaped: one line, shown as written."""
+    if text.isprintable():  # the common case, in C
+        return text
+    return "".join(_code(char) if _unprintable(char) else char for char in text)
+
+
+def _unprintable(char: str) -> bool:
+    return unicodedata.category(char) in UNPRINTABLE_CATEGORIES
+
+
+def _code(char: str) -> str:
+    point = ord(char)
+    if char == "\n":
+        return "\\n"
+    return f"\\x{point:02x}" if point < 0x100 else f"\\u{point:04x}"
+
+
+class _TextLines(logging.Formatter):
+    """The text format: one line per record (its message escaped and cut; a traceback, the
+    process's own, follows on its lines), ``streamserve.runtime.kafka`` shown as
+    ``runtime.kafka``."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        message, name = record.message, record.name
+        record.message = cut(printable(message), MAX_MESSAGE_CHARS)
+        record.name = name.removeprefix("streamserve.")
         try:
-            return super().format(record)
+            return super().formatMessage(record)
         finally:
-            record.name = full
+            record.message, record.name = message, name
 
 
 class _Handler(logging.StreamHandler[TextIO]):
@@ -85,6 +127,14 @@ class _JsonLines(JsonFormatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 - logging's name
         return datetime.fromtimestamp(record.created, UTC).isoformat()
 
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        for field, value in log_data.items():
+            if isinstance(value, str) and field not in ("exc_info", "stack_info"):
+                log_data[field] = cut(
+                    value, MAX_MESSAGE_CHARS if field == "message" else MAX_REASON_CHARS
+                )
+        return log_data
+
 
 def configure_logging(
     level: str, log_format: LogFormat | str = LogFormat.TEXT, stream: TextIO | None = None
@@ -100,17 +150,40 @@ def configure_logging(
     if LogFormat(log_format) is LogFormat.JSON:
         handler.setFormatter(_JsonLines())
     else:
-        handler.setFormatter(_ShortNames(TEXT_FORMAT, TEXT_DATE_FORMAT))
+        handler.setFormatter(_TextLines(TEXT_FORMAT, TEXT_DATE_FORMAT))
     root.addHandler(handler)
     debug = numeric <= logging.DEBUG
     root.setLevel(numeric if debug else max(numeric, logging.WARNING))
     logging.getLogger("streamserve").setLevel(numeric)
     for name in CHATTY_LIBRARY_LOGGERS:
         logging.getLogger(name).setLevel(logging.NOTSET if debug else max(numeric, logging.ERROR))
-    logging.captureWarnings(True)  # warnings are records too: JSON when the logs are
+    warnings.showwarning = _log_warning  # warnings are records too: JSON when the logs are
     if not debug and not sys.warnoptions:  # -W and PYTHONWARNINGS win
         for category in LIBRARY_WARNINGS:
             warnings.filterwarnings("ignore", category=category)
+
+
+def _log_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """A warning as one ``py.warnings`` record (``logging.captureWarnings`` would add the
+    warning's source line, a second line); one shown to a file of its own goes there."""
+    if file is not None:
+        file.write(warnings.formatwarning(message, category, filename, lineno, line))
+        return
+    source = f"{filename}:{lineno}"
+    logging.getLogger(WARNINGS_LOG).warning(
+        "%s: %s: %s",
+        source,
+        category.__name__,
+        message,
+        extra={"event": "warning", "category": category.__name__, "source": source},
+    )
 
 
 def log_listening(what: str, url: str) -> None:
@@ -124,42 +197,59 @@ def _label(name: str, version: str) -> str:
     return f"{name} ({version})" if version else name
 
 
+def log_admin_action(action: str, key: str, name: str = "", version: str = "") -> None:
+    """One INFO line for an operator's action through the admin API (a rollback names the
+    model it made current): swaps an operator makes are logged as the stream's are."""
+    key, name, version = (cut(text, MAX_NAME_CHARS) for text in (key, name, version))
+    fields = {"event": f"admin_{action}", "key": key, "model": name, "version": version}
+    made_current = f" -> {_label(name, version)}" if name else ""
+    logging.getLogger(MODELS_LOG).info(
+        "key %r: %s by the admin API%s", key, action, made_current, extra=fields
+    )
+
+
 def log_model_event(event: ModelEvent) -> None:
     """One line for a model event: swaps and unloads at INFO, rejections and quarantines at
-    WARNING, staging at DEBUG."""
+    WARNING, staging at DEBUG. Names and reasons are cut (``MAX_NAME_CHARS``,
+    ``MAX_REASON_CHARS``): they come from model messages."""
+    key, name, version = (
+        cut(text, MAX_NAME_CHARS) for text in (event.key, event.name, event.version)
+    )
+    origin = cut(event.origin, MAX_NAME_CHARS)
     fields: dict[str, Any] = {
         "event": str(event.kind),
-        "key": event.key,
-        "model": event.name,
-        "version": event.version,
+        "key": key,
+        "model": name,
+        "version": version,
     }
     log = logging.getLogger(MODELS_LOG)
-    model = _label(event.name, event.version)
+    model = _label(name, version)
     kind = event.kind
     if kind is ModelEventKind.SWAPPED:
-        fields |= {"previous_model": event.previous, "previous_version": event.previous_version}
+        previous = cut(event.previous, MAX_NAME_CHARS)
+        previous_version = cut(event.previous_version, MAX_NAME_CHARS)
+        fields |= {"previous_model": previous, "previous_version": previous_version}
         fields["load_ms"] = round(event.load_duration_s * 1000, 1)
-        was = _label(event.previous, event.previous_version) if event.previous else "no model"
-        log.info("key %r: %s -> %s", event.key, was, model, extra=fields)
+        was = _label(previous, previous_version) if previous else "no model"
+        log.info("key %r: %s -> %s", key, was, model, extra=fields)
     elif kind in (ModelEventKind.REJECTED, ModelEventKind.QUARANTINED):
-        fields |= {"error_kind": event.error_kind, "reason": event.reason, "origin": event.origin}
+        reason = cut(event.reason, MAX_REASON_CHARS)
+        fields |= {"error_kind": event.error_kind, "reason": reason, "origin": origin}
         verb = "rejected" if kind is ModelEventKind.REJECTED else "quarantined"
         subject = (
-            f"key {event.key!r}: model {model}"
-            if event.key
-            else f"a model message at {event.origin or 'an unknown place'}"
+            f"key {key!r}: model {model}"
+            if key
+            else f"a model message at {origin or 'an unknown place'}"
         )
-        log.warning("%s %s (%s): %s", subject, verb, event.error_kind, event.reason, extra=fields)
+        log.warning("%s %s (%s): %s", subject, verb, event.error_kind, reason, extra=fields)
     elif kind is ModelEventKind.SUPERSEDED:
-        log.info(
-            "key %r: model %s dropped: a newer model arrived first", event.key, model, extra=fields
-        )
+        log.info("key %r: model %s dropped: a newer model arrived first", key, model, extra=fields)
     elif kind is ModelEventKind.UNLOADED:
-        fields["origin"] = event.origin
-        log.info("key %r unloaded (%s)", event.key, event.origin or "admin action", extra=fields)
+        fields["origin"] = origin
+        log.info("key %r unloaded (%s)", key, origin or "admin action", extra=fields)
     else:
         fields["load_ms"] = round(event.load_duration_s * 1000, 1)
-        log.debug("key %r: model %s staged", event.key, model, extra=fields)
+        log.debug("key %r: model %s staged", key, model, extra=fields)
 
 
 class ServingSummary:
@@ -213,7 +303,9 @@ class ServingSummary:
             if name.startswith("errors.") and count
         }
         slots = self._core.slots()
-        keys = sum(slot.current is not None for slot in slots)
+        # A staged model serves its key's next record: the key is served (as "models caught
+        # up" counts it) before any record came.
+        keys = sum(slot.current is not None or slot.staged is not None for slot in slots)
         live = sum(served.live for slot in slots for _, served in slot.models())
         lag = self._consumer_lag()
         fields = {

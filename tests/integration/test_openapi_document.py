@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ from streamserve.serving.core import ServingCore
 from streamserve.settings import ApiSettings
 
 CHECKED_IN = Path(__file__).parents[2] / "docs" / "openapi.json"
+CONVERTER = re.compile(r"\{(\w+):\w+\}")
 HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "PATCH", "TRACE"}  # HEAD: with GET
 
 
@@ -39,7 +41,8 @@ def served_operations(routes: list[BaseRoute], prefix: str = "") -> set[tuple[st
     for route in routes:
         if isinstance(route, Route):
             methods = (route.methods or {"GET"}) & HTTP_METHODS
-            operations |= {(method, prefix + route.path) for method in methods}
+            path = CONVERTER.sub(r"{\1}", prefix + route.path)  # {key:path} is {key}
+            operations |= {(method, path) for method in methods}
         elif isinstance(route, Mount):
             if route.routes:
                 operations |= served_operations(list(route.routes), prefix + route.path)

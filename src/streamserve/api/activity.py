@@ -22,6 +22,10 @@ from streamserve.serving.stats import LATENCY_BUCKETS_S
 KEY_RATE_TAU_S = 10.0
 LATENCY_BINS = len(LATENCY_BUCKETS_S) + 1
 NO_MODEL = -1  # the sequence number standing for "no current model"
+# Names and reasons come from model messages, which may be megabytes: an event keeps this much
+# of each (the slot keeps the rejections whole, but only the latest few).
+MAX_NAME_CHARS = 200  # a key, a model's name or version
+MAX_REASON_CHARS = 300
 
 
 class EventKind:
@@ -198,7 +202,15 @@ class KeyActivity:
         error_kind: str = "",
     ) -> TimelineEvent:
         return TimelineEvent(
-            self._next_seq(), at, kind, key, model, version, previous, reason, error_kind
+            self._next_seq(),
+            at,
+            kind,
+            key=cut(key, MAX_NAME_CHARS),
+            model=cut(model, MAX_NAME_CHARS),
+            version=cut(version, MAX_NAME_CHARS),
+            previous=cut(previous, MAX_NAME_CHARS),
+            reason=cut(reason, MAX_REASON_CHARS),
+            error_kind=error_kind,
         )
 
     def keyless_rejections(self, at: float, count: int, what: str) -> TimelineEvent:
@@ -233,6 +245,11 @@ class KeyActivity:
                 self._keys.items(), key=lambda item: (-measure(item[1]), item[0])
             )
         ]
+
+
+def cut(text: str, most: int) -> str:
+    """``text``, or its first ``most - 1`` characters and an ellipsis."""
+    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def _grown(latency: list[tuple[tuple[int, ...], tuple[int, ...]]]) -> list[int]:

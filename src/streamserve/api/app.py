@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from http import HTTPStatus
 
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -95,26 +96,46 @@ def build_app(
     )
 
 
+# The words a route puts after a key: no segment of a key after its first may be one of them, so
+# that "/v2/models/a/b/ready" is key "a/b"'s readiness and never key "a/b/ready"'s metadata.
+ROUTE_WORDS = ("ready", "infer", "versions", "rollback", "pin", "unpin")
+
+
+class KeyConvertor(Convertor[str]):
+    """A key in a route's path: it may hold "/" (a client sends it as %2F, which the server
+    decodes before routing), but no segment after its first may be a word of ``ROUTE_WORDS``."""
+
+    regex = rf"[^/]+(?:/(?!(?:{'|'.join(ROUTE_WORDS)})(?:/|$))[^/]*)*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
 def _routes(endpoints: Endpoints) -> list[Route]:
+    register_url_convertor("key", KeyConvertor())  # by name, as Starlette's own; idempotent
     return [
         Route("/v2", endpoints.server_metadata),
         Route("/v2/health/live", endpoints.live),
         Route("/v2/health/ready", endpoints.ready),
-        Route("/v2/models/{name}", endpoints.model_metadata),
-        Route("/v2/models/{name}/ready", endpoints.model_ready),
-        Route("/v2/models/{name}/infer", endpoints.infer, methods=["POST"]),
-        Route("/v2/models/{name}/versions/{version}", endpoints.model_metadata),
-        Route("/v2/models/{name}/versions/{version}/ready", endpoints.model_ready),
-        Route("/v2/models/{name}/versions/{version}/infer", endpoints.infer, methods=["POST"]),
+        # Most specific first: a key may hold "/" (sent as %2F), see KeyConvertor.
+        Route("/v2/models/{name:key}/versions/{version}/infer", endpoints.infer, methods=["POST"]),
+        Route("/v2/models/{name:key}/versions/{version}/ready", endpoints.model_ready),
+        Route("/v2/models/{name:key}/versions/{version}", endpoints.model_metadata),
+        Route("/v2/models/{name:key}/infer", endpoints.infer, methods=["POST"]),
+        Route("/v2/models/{name:key}/ready", endpoints.model_ready),
+        Route("/v2/models/{name:key}", endpoints.model_metadata),
         Route("/keys", endpoints.keys),
-        Route("/keys/{key}", endpoints.key),
+        Route("/keys/{key:path}", endpoints.key),  # a key may hold "/" (sent as %2F)
         Route("/models", endpoints.models),
         Route("/metrics", endpoints.metrics),
         Route("/openapi.json", openapi_endpoint),
-        Route("/admin/keys/{key}/rollback", endpoints.rollback, methods=["POST"]),
-        Route("/admin/keys/{key}/pin", endpoints.pin, methods=["POST"]),
-        Route("/admin/keys/{key}/unpin", endpoints.unpin, methods=["POST"]),
-        Route("/admin/keys/{key}", endpoints.unload, methods=["DELETE"]),
+        Route("/admin/keys/{key:key}/rollback", endpoints.rollback, methods=["POST"]),
+        Route("/admin/keys/{key:key}/pin", endpoints.pin, methods=["POST"]),
+        Route("/admin/keys/{key:key}/unpin", endpoints.unpin, methods=["POST"]),
+        Route("/admin/keys/{key:key}", endpoints.unload, methods=["DELETE"]),
     ]
 
 

@@ -9,6 +9,7 @@ the previous answer and gets only the samples and events after it.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -21,9 +22,16 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
 
 from streamserve import __version__
-from streamserve.api.activity import KeyState, TimelineEvent
+from streamserve.api.activity import (
+    MAX_NAME_CHARS,
+    MAX_REASON_CHARS,
+    KeyState,
+    TimelineEvent,
+    cut,
+)
 from streamserve.api.endpoints import OrjsonResponse
 from streamserve.api.history import HistorySample, ServingHistory
 from streamserve.api.state import KeyPages, int_param, slot_document, text_param
@@ -39,8 +47,8 @@ MAX_EVENTS_SENT = 100  # the newest, when more came since the cursor
 # Names, versions, descriptions and reasons come from model messages, which may be megabytes:
 # the summary cuts them (the page shows less; /keys/{key} has them whole).
 MAX_KEY_CHARS = 1000  # a key in the top rows: whole up to this, as the page selects keys by it
-MAX_NAME_CHARS = 200  # keys and model names as sent in events and rows
-MAX_REASON_CHARS = 300  # reasons, and every text of the selected key
+# MAX_NAME_CHARS: model names and versions in rows (and the events' names: activity.py).
+# MAX_REASON_CHARS: every text of the selected key (and the events' reasons).
 MAX_ITEMS_SENT = 50  # of each list of the selected key (input names, rejections: the newest)
 MIN_POLL_S = 2.0
 # Everything from this server, nothing inline, nothing from elsewhere: the page works offline
@@ -49,6 +57,37 @@ CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
+# The page's headers, and every file's: dashboard.html and the SVG served as assets too.
+ASSET_HEADERS = {
+    "cache-control": "no-cache",
+    "x-content-type-options": "nosniff",
+    "content-security-policy": CONTENT_SECURITY_POLICY,
+}
+RANGES = (b"range", b"if-range")
+
+
+class DashboardAssets(StaticFiles):
+    """The dashboard's files: whole (they are small; a Range header is ignored), and revalidated
+    at every load (``no-cache``: 304 while the ETag holds), so that a browser never runs a copy
+    of a script older than the page, which it would keep unasked for a tenth of the file's age
+    (from its Last-Modified, when the package was built) without a ``Cache-Control``."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = [(name, value) for name, value in scope["headers"] if name not in RANGES]
+            scope = {**scope, "headers": headers}
+        await super().__call__(scope, receive, send)
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        response.headers.update(ASSET_HEADERS)
+        return response
 
 
 def key_pages_and_dashboard(
@@ -87,7 +126,7 @@ class Dashboard:
         return [
             Route("/", self.page),
             Route("/dashboard/summary", self.summary),
-            Mount("/dashboard/assets", StaticFiles(packages=[ASSETS_PACKAGE])),
+            Mount("/dashboard/assets", DashboardAssets(packages=[ASSETS_PACKAGE])),
         ]
 
     @asynccontextmanager
@@ -100,8 +139,7 @@ class Dashboard:
             await anyio.to_thread.run_sync(self._history.stop)
 
     async def page(self, request: Request) -> Response:
-        headers = {"content-security-policy": CONTENT_SECURITY_POLICY, "cache-control": "no-cache"}
-        return HTMLResponse(self._page, headers=headers)
+        return HTMLResponse(self._page, headers=ASSET_HEADERS)
 
     async def summary(self, request: Request) -> Response:
         """The summary since the cursor ``since``: see :meth:`summary_document`."""
@@ -159,10 +197,10 @@ class Dashboard:
         current = None if slot is None else slot.current
         staged = None if slot is None else slot.staged
         return {
-            "key": _cut(key, MAX_KEY_CHARS),
-            "model": None if current is None else _cut(current.identity.name, MAX_NAME_CHARS),
-            "version": None if current is None else _cut(current.identity.version, MAX_NAME_CHARS),
-            "staged": None if staged is None else _cut(staged.identity.name, MAX_NAME_CHARS),
+            "key": cut(key, MAX_KEY_CHARS),
+            "model": None if current is None else cut(current.identity.name, MAX_NAME_CHARS),
+            "version": None if current is None else cut(current.identity.version, MAX_NAME_CHARS),
+            "staged": None if staged is None else cut(staged.identity.name, MAX_NAME_CHARS),
             "records": state.records,
             "errors": state.errors,
             "records_per_s": round(state.rate, 2),
@@ -182,13 +220,13 @@ def key_summary(slot: ModelSlot) -> dict[str, Any]:
     document = slot_document(slot)
     document["recent_rejections"] = document["recent_rejections"][-MAX_ITEMS_SENT:]
     bounded: dict[str, Any] = _bounded(document)
-    bounded["key"] = _cut(slot.key, MAX_KEY_CHARS)
+    bounded["key"] = cut(slot.key, MAX_KEY_CHARS)
     return bounded
 
 
 def _bounded(value: Any) -> Any:
     if isinstance(value, str):
-        return _cut(value, MAX_REASON_CHARS)
+        return cut(value, MAX_REASON_CHARS)
     if isinstance(value, dict):
         return {name: _bounded(item) for name, item in value.items()}
     if isinstance(value, list):
@@ -221,17 +259,13 @@ def event_document(event: TimelineEvent) -> dict[str, Any]:
         "seq": event.seq,
         "at": round(event.at, 3),
         "kind": event.kind,
-        "key": _cut(event.key, MAX_NAME_CHARS),
-        "model": _cut(event.model, MAX_NAME_CHARS),
-        "version": _cut(event.version, MAX_NAME_CHARS),
-        "previous": _cut(event.previous, MAX_NAME_CHARS),
-        "reason": _cut(event.reason, MAX_REASON_CHARS),
+        "key": event.key,  # names and reasons cut as the event was made
+        "model": event.model,
+        "version": event.version,
+        "previous": event.previous,
+        "reason": event.reason,
         "error_kind": event.error_kind,
     }
-
-
-def _cut(text: str, most: int) -> str:
-    return text if len(text) <= most else text[: most - 1] + "…"
 
 
 def _seconds(value: float | None) -> float | None:

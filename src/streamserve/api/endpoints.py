@@ -28,6 +28,7 @@ from streamserve.errors import (
     KeyNotFoundError,
     NotAuthenticatedError,
 )
+from streamserve.logs import log_admin_action
 from streamserve.serving.core import ServingCore
 from streamserve.serving.slot import ModelSlot
 from streamserve.settings import MetricsSettings, admin_token_problem
@@ -156,6 +157,7 @@ class Endpoints:
         slot = self._admin_slot(request)
         restored = slot.rollback()
         identity = restored.identity
+        log_admin_action("rollback", slot.key, identity.name, identity.version)
         return OrjsonResponse(
             {"key": slot.key, "current": identity.name, "version": identity.version}
         )
@@ -163,11 +165,13 @@ class Endpoints:
     async def pin(self, request: Request) -> Response:
         slot = self._admin_slot(request)
         slot.pin(True)
+        log_admin_action("pin", slot.key)
         return OrjsonResponse({"key": slot.key, "pinned": True})
 
     async def unpin(self, request: Request) -> Response:
         slot = self._admin_slot(request)
         slot.pin(False)
+        log_admin_action("unpin", slot.key)
         return OrjsonResponse({"key": slot.key, "pinned": False})
 
     async def unload(self, request: Request) -> Response:

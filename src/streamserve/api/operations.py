@@ -97,6 +97,9 @@ def _versioned(operation: Operation) -> Operation:
     )
 
 
+DASHBOARD_OFF = Reply(
+    404, "The dashboard is switched off (api.dashboard = false).", schemas.ErrorAnswer
+)
 BINARY_BODY = (
     "The binary tensor data extension: the JSON request (its length in the "
     f"{HEADER_LENGTH} header), then the binary data of each input whose "
@@ -288,7 +291,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "dashboard",
         "The dashboard page",
         DASHBOARD,
-        (Reply(200, "The dashboard (api.dashboard).", content={"text/html": {}}),),
+        (Reply(200, "The dashboard (api.dashboard).", content={"text/html": {}}), DASHBOARD_OFF),
     ),
     Operation(
         "GET",
@@ -296,7 +299,10 @@ OPERATIONS: tuple[Operation, ...] = (
         "dashboard_summary",
         "What the dashboard shows",
         DASHBOARD,
-        (Reply(200, "Totals, history, timeline and top keys.", schemas.DashboardSummary),),
+        (
+            Reply(200, "Totals, history, timeline and top keys.", schemas.DashboardSummary),
+            DASHBOARD_OFF,
+        ),
         (400,),
         query=schemas.SummaryQuery,
     ),
@@ -306,7 +312,12 @@ OPERATIONS: tuple[Operation, ...] = (
         "dashboard_asset",
         "A file of the dashboard",
         DASHBOARD,
-        (Reply(200, "The file.", content={"*/*": {}}),),
+        (
+            Reply(200, "The file, whole (a Range header is ignored).", content={"*/*": {}}),
+            Reply(304, "The file has not changed since the ETag sent in If-None-Match."),
+        ),
         (404,),
+        description="Answered with 'Cache-Control: no-cache': a browser revalidates the file "
+        "at every load, so that a page never runs a script older than itself.",
     ),
 )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +32,46 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 log = logging.getLogger(__name__)
 
 REFUSAL_LOG_INTERVAL_S = 60.0
+CONNECTIONS_LOG = "uvicorn.error.connections"
+MALFORMED_REQUEST = "Invalid HTTP request received."  # uvicorn's warning, one per request
+
+
+class MalformedRequests(logging.Filter):
+    """Lets uvicorn's warning about a request head h11 cannot parse through once every
+    ``interval_s``, saying how many were held back meanwhile: junk sent to the port must not
+    flood the log (each such request is still answered 400). Other records pass."""
+
+    def __init__(self, interval_s: float = REFUSAL_LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._held = 0
+        self._logged_at: float | None = None
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg != MALFORMED_REQUEST:
+            return True
+        now = time.monotonic()
+        if self._logged_at is not None:
+            if now - self._logged_at < self._interval_s:
+                self._held += 1
+                return False
+            if self._held:
+                record.msg = (
+                    f"{MALFORMED_REQUEST} (and {self._held} more in the last "
+                    f"{now - self._logged_at:.0f} s, not logged)"
+                )
+        self._held, self._logged_at = 0, now
+        return True
+
+
+def connections_log() -> logging.Logger:
+    """The logger uvicorn's protocol logs a server's connections with: a child of its own,
+    malformed requests held to one warning a minute (:class:`MalformedRequests`) for the
+    process, whose log they would flood."""
+    logger = logging.getLogger(CONNECTIONS_LOG)
+    if not any(isinstance(held, MalformedRequests) for held in logger.filters):
+        logger.addFilter(MalformedRequests())
+    return logger
 
 
 @dataclass
@@ -43,6 +84,7 @@ class ConnectionLimits:
     handshaking: set[LimitedProtocol] = field(default_factory=set)
     refused: int = 0  # since the last warning
     warned_at: float | None = None
+    log: logging.Logger = field(default_factory=connections_log)
 
 
 class LimitedProtocol(H11Protocol):
@@ -56,6 +98,7 @@ class LimitedProtocol(H11Protocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.logger = self.limits.log
         self._head_timer: asyncio.TimerHandle | None = None
         self._awaited_after: object = None  # the request cycle the next head will follow
         self._accepted_at = self.loop.time()

@@ -3,6 +3,7 @@ rejections."""
 
 from __future__ import annotations
 
+import re
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -156,6 +157,7 @@ def _ordered(
 # The largest whole-number parameter: answers echo them, and a JSON number beyond 64 bits is
 # neither portable nor serialized (orjson refuses it).
 MAX_WHOLE_NUMBER = 2**63 - 1
+WHOLE_NUMBER = re.compile(r"-?[0-9]{1,4000}")  # int() reads 4,300 digits at most
 
 
 def int_param(
@@ -166,10 +168,8 @@ def int_param(
     text = params.get(name)
     if text is None:
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = least - 1
+    # int() would also read other scripts' digits, "_", "+" and spaces: not an integer of a URL
+    value = int(text) if WHOLE_NUMBER.fullmatch(text) else least - 1
     if value < least or (most is not None and value > most):
         bound = f"from {least} to {most}" if most is not None else f"{least} or more"
         raise InvalidRequestError(f"{name} must be a whole number {bound}, not {text!r}")

@@ -51,11 +51,8 @@ def print_status(
             state = _read_json(f"{url.rstrip('/')}/keys?after={after}", context)
             slots += state["keys"]
     except (urllib.error.URLError, OSError, orjson.JSONDecodeError, KeyError) as err:
-        console.print(
-            f"streamserve: cannot read the serving state from {printable(url)}: {printable(str(err))}",
-            markup=False,
-            highlight=False,
-        )
+        reason = f"cannot read the serving state from {url}: {err}"
+        console.print(f"streamserve: {printable(reason)}", markup=False, highlight=False)
         return 2
     title = f"Serving statistics at {escape(printable(url))} (µs per record, amortized per batch)"
     table = Table(title=title)

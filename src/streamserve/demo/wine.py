@@ -232,6 +232,17 @@ class _WineDemo:
         self._finished.set()
 
     def _stream_records(self) -> None:
+        # The runtime ends when this thread closes the records or stops it: whatever happens
+        # here, it does one of the two, or the demo would wait for records forever, deaf to
+        # Ctrl-C (which only sets the stop event this thread looks at).
+        try:
+            self._stream()
+        finally:
+            self._data.close()
+            if self._stop.is_set():  # stopped from outside: perhaps still loading a model
+                self._runtime.stop()
+
+    def _stream(self) -> None:
         lines, interval = self._lines, 256 / self._options.rate_per_s
         position = 0
         while not (self._stop.is_set() or self._finished.is_set()):
@@ -245,9 +256,6 @@ class _WineDemo:
             position += len(chunk)
             self._data.put(chunk)
             time.sleep(interval)
-        self._data.close()
-        if self._stop.is_set():  # stopped from outside: perhaps still loading the first model
-            self._runtime.stop()
 
 
 def _print_next_steps(console: Console, options: DemoOptions) -> None:

@@ -94,8 +94,23 @@ class ModelDescriptor:
         return model_type_label(self.model_type)
 
 
+MAX_NAME_CHARS = 1024  # a model's name, version and data type: each result names them
+
+
 def _check_fields(descriptor: ModelDescriptor) -> None:
-    where = f"model descriptor {descriptor.name!r}" if descriptor.name else "model descriptor"
+    shown = descriptor.name[:MAX_NAME_CHARS]
+    where = f"model descriptor {shown!r}" if descriptor.name else "model descriptor"
+    for which, value in (
+        ("name (field 1)", descriptor.name),
+        ("dataType (field 3)", descriptor.data_type),
+        ("version (field 7)", descriptor.version),
+    ):
+        if len(value) > MAX_NAME_CHARS:
+            # Every result and error record carries them: one of megabytes would make each
+            # output larger than a broker takes, and stop the replica at every restart.
+            raise DescriptorError(
+                f"{where}…: {which} is {len(value):,} characters; at most {MAX_NAME_CHARS:,}"
+            )
     if not descriptor.name:
         raise DescriptorError(f"{where}: name (field 1) is empty; every model must be named")
     if not descriptor.data_type:

@@ -103,7 +103,8 @@ class EmbeddedTransport:
         self._take_models(force=False)
 
     def _take_models(self, *, force: bool) -> int:
-        """Submits the model messages that arrived; how many models were submitted."""
+        """Submits the model messages that arrived; how many (rejected ones included: the
+        "models caught up" line counts every model loaded or rejected)."""
         if self._models is None:
             return 0
         now = time.monotonic()
@@ -112,13 +113,11 @@ class EmbeddedTransport:
         self._next_model_poll = now + self._model_poll_interval_s
         submitted = 0
         for message in self._models.poll():
+            submitted += 1
             if message.payload is None:
                 self._core.reject_model_message(message.rejection(), message.origin)
             else:
-                descriptor = self._core.submit_model_message(
-                    message.payload, message.origin, message.signature
-                )
-                submitted += descriptor is not None
+                self._core.submit_model_message(message.payload, message.origin, message.signature)
         return submitted
 
     def next_batch(self, limit: int, wait_s: float) -> RecordBatch | None:

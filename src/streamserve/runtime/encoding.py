@@ -104,15 +104,12 @@ def encode_record_error(error: RecordError, record: InputRecord) -> OutputMessag
     cut past ``MAX_ERROR_KEY_CHARS`` (``key_truncated``) for the same reason: a record's key
     comes from the record.
     """
-    reason = error.reason
-    if len(reason) > MAX_REASON_CHARS:
-        reason = reason[:MAX_REASON_CHARS] + "… (cut)"
     document: dict[str, object] = {
         "kind": error.kind,
-        "reason": reason,
+        "reason": _cut(error.reason, MAX_REASON_CHARS),
         "key": error.key,
-        "model": error.model.name if error.model else None,
-        "version": error.model.version if error.model else None,
+        "model": _cut(error.model.name, MAX_ERROR_KEY_CHARS) if error.model else None,
+        "version": _cut(error.model.version, MAX_ERROR_KEY_CHARS) if error.model else None,
         "position": record.position,
     }
     key = error.key.encode("utf-8", "replace") if error.key else record.key
@@ -141,17 +138,22 @@ def _utf8(value: object) -> object:
 
 
 def encode_model_event(event: ModelEvent) -> OutputMessage:
+    """A model event's document, each text bounded as an error record's are."""
     document = {
         "kind": str(event.kind),
-        "key": event.key,
-        "model": event.name,
-        "version": event.version,
-        "reason": event.reason,
+        "key": _cut(event.key, MAX_ERROR_KEY_CHARS),
+        "model": _cut(event.name, MAX_ERROR_KEY_CHARS),
+        "version": _cut(event.version, MAX_ERROR_KEY_CHARS),
+        "reason": _cut(event.reason, MAX_REASON_CHARS),
         "error_kind": event.error_kind,
         "origin": event.origin,
         "at": event.at,
     }
-    return (event.key.encode() or None), orjson.dumps(document)
+    return (event.key[:MAX_ERROR_KEY_CHARS].encode() or None), orjson.dumps(document)
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + "… (cut)"
 
 
 PUBLISHED_EVENTS = frozenset((ModelEventKind.REJECTED, ModelEventKind.QUARANTINED))

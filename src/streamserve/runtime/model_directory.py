@@ -21,6 +21,7 @@ sent with its digest, so that what was signed is what loads.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +94,11 @@ class ModelDirectory:
 
     def _message(self, path: Path) -> ModelMessage:
         origin = str(path.relative_to(self.root))
+        if not origin.isascii() and not _utf8(origin):
+            # The folder names the data type (a protobuf string): bytes that are not UTF-8 are
+            # refused here, their name shown escaped, rather than failing every poll.
+            shown = os.fsencode(origin).decode("utf-8", "backslashreplace")
+            return ModelMessage(shown, problem=f"{shown}: a model file's path must be UTF-8")
         try:
             too_large = self._too_large(path, origin)
             if too_large is not None:
@@ -209,3 +215,13 @@ def _stamp(path: Path) -> Stamp | None:
     except OSError:
         return (*own, -1, -1)
     return (*own, sidecar.st_size, sidecar.st_mtime_ns)
+
+
+def _utf8(name: str) -> bool:
+    """Whether a file name read from the disk is UTF-8 (else Python holds its bytes as
+    surrogate escapes, which no UTF-8 string can carry)."""
+    try:
+        name.encode()
+    except UnicodeEncodeError:
+        return False
+    return True

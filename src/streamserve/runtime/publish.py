@@ -18,6 +18,7 @@ from streamserve.descriptor.signing import SIGNATURE_HEADER, Signer
 from streamserve.errors import ConfigurationError, InfrastructureError
 from streamserve.formats.artifact import pack_directory
 from streamserve.runtime.kafka import confluent_kafka_module
+from streamserve.runtime.kafka.clients import ClientLog
 from streamserve.runtime.model_directory import MODEL_TYPES_BY_SUFFIX
 
 FLUSH_TIMEOUT_S = 60.0
@@ -86,6 +87,7 @@ class Publisher:
                 "message.max.bytes": 200 * 1024 * 1024,
                 "linger.ms": 5,
                 **settings,
+                "logger": ClientLog(),  # librdkafka's lines through logging, as the server's
             }
         )
         self._failures: list[str] = []

@@ -7,6 +7,8 @@ imports ``grpc`` until a server is made, so ``import streamserve`` never does.
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -23,6 +25,10 @@ def grpc_server(
 ) -> GrpcServer:
     """The gRPC API of ``core`` on ``settings.grpc_port`` (not started); raises
     :class:`ConfigurationError` naming the extra to install when grpcio is missing."""
+    if not logging.getLogger(__name__).isEnabledFor(logging.DEBUG):
+        # gRPC's C core writes its own lines to stderr (a port it cannot bind, say), which
+        # streamserve reports itself, in the log's format; read before grpc is imported.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
     try:
         import grpc  # noqa: F401 - only whether it is there
     except ImportError as err:

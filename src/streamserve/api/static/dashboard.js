@@ -18,7 +18,7 @@
     pollMs: 2000,
     sort: "records",
     q: "",
-    selected: decodeURIComponent((location.hash.match(/^#key=(.*)$/) || [])[1] || ""),
+    selected: linkedKey(),
     columns: emptyColumns(),
     events: [],
     timer: null,
@@ -26,6 +26,17 @@
     again: false,
   };
   const charts = {};
+
+  // The key named by the link (#key=...); none if the link mangled it (cut when pasted, say).
+  function linkedKey() {
+    const found = location.hash.match(/^#key=(.*)$/);
+    if (!found) return "";
+    try {
+      return decodeURIComponent(found[1]);
+    } catch (err) {
+      return "";
+    }
+  }
 
   function emptyColumns() {
     return { t: [], records: [], results: [], errors: [], p50: [], p99: [], lag: [], kinds: {} };
@@ -56,7 +67,7 @@
   }
 
   // --- the history ----------------------------------------------------------------------------
-  function merge(history) {
+  function merge(history, serverNow) {
     const c = state.columns;
     const before = c.t.length;
     const added = history.t.length;
@@ -74,16 +85,17 @@
       const values = history.errors_per_s_by_kind[kind] || new Array(added).fill(0);
       c.kinds[kind].push(...values);
     }
-    trim();
+    trim(serverNow);
   }
 
   function toMillis(seconds) {
     return seconds === null ? null : seconds * 1000;
   }
 
-  function trim() {
+  // Samples older than the history, by the server's clock: the browser's may be far off.
+  function trim(serverNow) {
     const c = state.columns;
-    const oldest = Date.now() / 1000 - state.historyS;
+    const oldest = serverNow - state.historyS;
     let drop = 0;
     while (drop < c.t.length && c.t[drop] < oldest) drop++;
     if (!drop) return;
@@ -167,6 +179,7 @@
 
   function drawChart(name, format) {
     const container = $("chart-" + name);
+    container.dataset.points = String(state.columns.t.length); // the samples drawn
     const series = chartSeries(name);
     const shape = series.map((s) => s.label).join("|");
     const existing = charts[name];
@@ -305,7 +318,7 @@
   // --- polling ----------------------------------------------------------------------------------
   function apply(doc) {
     if (doc.next < state.next) {
-      // the server restarted: its cursor starts again
+      // a server restarted with its clock set back: its cursor (from its clock) starts lower
       state.columns = emptyColumns();
       state.events = [];
       state.next = 0;
@@ -314,7 +327,7 @@
     state.next = doc.next;
     state.historyS = doc.history_s;
     state.pollMs = doc.poll_s * 1000;
-    merge(doc.history);
+    merge(doc.history, doc.now);
     state.events.push(...doc.events);
     state.events.sort((a, b) => a.at - b.at);
     if (state.events.length > MAX_EVENTS) state.events.splice(0, state.events.length - MAX_EVENTS);

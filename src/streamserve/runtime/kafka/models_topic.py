@@ -46,7 +46,7 @@ class CatchUpWatch:
         self._core = core
         self._settings = settings
         self.stopping = stopping  # a stop request ends the catch-up early
-        self.submitted = 0  # models submitted for loading by the catch-up
+        self.submitted = 0  # models the catch-up handed in (submitted for loading or rejected)
         self._finished = 0
         self._progressed_at = time.monotonic()
 
@@ -93,9 +93,9 @@ class ModelsTopicReader:
 
     def catch_up(self, stopping: threading.Event) -> int:
         """Reads the models topic to its end, submitting every model in order, and waits until
-        each one is loaded or rejected; how many were submitted. No record is scored before:
-        records of a key whose model is still loading would get ``no_model`` errors, or an
-        older model's scores.
+        each one is loaded or rejected; how many models it handed in (loaded or rejected). No
+        record is scored before: records of a key whose model is still loading would get
+        ``no_model`` errors, or an older model's scores.
 
         Every message, not only the latest per key: if a key's latest model is bad, a restarted
         replica must keep the good one before it, exactly as a running replica does.
@@ -197,12 +197,15 @@ class ModelsTopicReader:
         return len(partitions)
 
     def _submit(self, message: Message) -> int:
-        """Hands a model message to the core: how many models it submitted for loading."""
+        """Hands a model message to the core: how many models it handed in (1 for a model
+        submitted for loading or rejected at once, as unreadable or unsigned; 0 for a
+        tombstone)."""
         origin = position_of(message)
         payload = message.value()
         signature = signature_header(message.headers())
         if payload is not None:
-            return int(self._core.submit_model_message(payload, origin, signature) is not None)
+            self._core.submit_model_message(payload, origin, signature)
+            return 1
         # A tombstone deletes its key's model from the compacted topic: unload the key too.
         key = message.key()
         if key is None:
