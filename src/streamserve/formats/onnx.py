@@ -4,13 +4,6 @@ Inputs: one 2-D tensor is a positional model (features in codec order; the ``fea
 option, which every format takes, names its columns); several inputs of one column each are
 named by their input names. Output: option ``output`` names it, else the first output.
 Each session runs with ``threads_per_model`` intra-op threads (default 1) and no memory arena.
-
-Option ``graph_optimization`` (``disabled``, ``basic``, ``extended``, ``all``) sets
-onnxruntime's graph optimization level. By default a small model (at most
-``SMALL_MODEL_BYTES``) is optimized at ``basic``, any other at ``all``: on a one-layer model the
-extended fusions score no faster (1 row or 1,024) and give the same values, but cost 30 KiB of
-RSS per session (74 against 41 KiB) and a third of its instantiation time, which is what
-thousands of per-key models are made of (benchmarks, scenario 5).
 """
 
 from __future__ import annotations
@@ -28,18 +21,8 @@ from streamserve.formats.base import (
     LoadRequest,
     Model,
     RawOutputModel,
-    apply_output_rule,
     import_optional,
 )
-
-SMALL_MODEL_BYTES = 64 * 1024
-GRAPH_OPTIMIZATION_OPTION = "graph_optimization"
-_LEVELS = {
-    "disabled": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
 
 _NUMPY_TYPES: dict[str, type[np.generic]] = {
     "tensor(float)": np.float32,
@@ -54,37 +37,15 @@ def _onnxruntime() -> Any:
 
 
 class OnnxModel(RawOutputModel):
-    """An onnxruntime session scoring one output.
-
-    It calls the session's native ``run`` directly when onnxruntime exposes it (its Python
-    ``run`` checks, on every call, that the feeds name every input and that no feed is a device
-    value of another session: true by construction here), which is a third of a one-row call on
-    a small model; the public ``run`` otherwise."""
-
     def __init__(
         self, session: Any, output_name: str, inputs: InputSpec, output: OutputRule, name: str
     ) -> None:
         super().__init__(inputs, output, name)
         self._session = session
-        self._outputs = [output_name]
+        self._output_name = output_name
         nodes = session.get_inputs()
         self._input_names = [node.name for node in nodes]
         self._dtypes = [_input_dtype(node, name) for node in nodes]
-        native = getattr(session, "_sess", None)
-        self._run: Any = native.run if callable(getattr(native, "run", None)) else None
-
-    def score_batch(self, features: FloatMatrix) -> np.ndarray:
-        raw = self.raw_output(features)
-        # the common output, one column per row under the AUTO rule: apply_output_rule's answer
-        # (that column) without its general steps, a tenth of a one-row call
-        if (
-            self._output is OutputRule.AUTO
-            and type(raw) is np.ndarray
-            and raw.ndim == 2
-            and raw.shape[1] == 1
-        ):
-            return raw[:, 0]
-        return apply_output_rule(self._output, np.asarray(raw), model=self._name)
 
     def raw_output(self, features: FloatMatrix) -> Any:
         if len(self._input_names) == 1:
@@ -96,24 +57,11 @@ class OnnxModel(RawOutputModel):
                     zip(self._input_names, self._dtypes, strict=True)
                 )
             }
-        if self._run is not None:
-            return self._run(self._outputs, feeds, None)[0]
-        (raw,) = self._session.run(self._outputs, feeds)
+        (raw,) = self._session.run([self._output_name], feeds)
         return raw
 
     def close(self) -> None:
-        self._session = self._run = None
-
-
-def _optimization_level(ort: Any, request: LoadRequest, size_bytes: int) -> Any:
-    default = "basic" if size_bytes <= SMALL_MODEL_BYTES else "all"
-    level = request.options.get(GRAPH_OPTIMIZATION_OPTION, default)
-    if level not in _LEVELS:
-        raise ModelLoadError(
-            f"ONNX model {request.name!r}: option {GRAPH_OPTIMIZATION_OPTION}={level!r} is not "
-            f"one of {', '.join(_LEVELS)}"
-        )
-    return getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+        self._session = None
 
 
 def _input_dtype(node: Any, model: str) -> type[np.generic]:
@@ -160,10 +108,10 @@ class OnnxFactory:
         # session multiplies memory by the number of models held (and keeps what churned
         # sessions took). The benchmarks' "many" scenario measures it.
         options.enable_cpu_mem_arena = False
-        data = request.artifact.read_bytes()
-        options.graph_optimization_level = _optimization_level(ort, request, len(data))
         try:
-            session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(
+                request.artifact.read_bytes(), options, providers=["CPUExecutionProvider"]
+            )
         except ModelLoadError:
             raise
         except Exception as err:  # onnxruntime raises its own, unexported exception types

@@ -445,11 +445,10 @@ class ServingCore:
             names, values = _columns_of(batch, rows)
         if observe:
             slot.observe(names, values, self._settings.validation_rows)
-        served, swapped = slot.lease()
-        if served is None:
-            outcome.fail_rows(rows, self._no_model(key, slot), key, None)
-            return
-        try:
+        with slot.batch_model() as (served, swapped):
+            if served is None:
+                outcome.fail_rows(rows, self._no_model(key, slot), key, None)
+                return
             if swapped:
                 replaced = slot.previous
                 self._events.put(
@@ -466,8 +465,6 @@ class ServingCore:
             self._scoring.score(
                 served, slot, rows, (names, values), batch, outcome, complete, observe
             )
-        finally:
-            served.release()
 
     @property
     def artifact_cache_failures(self) -> int:

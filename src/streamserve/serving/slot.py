@@ -144,16 +144,6 @@ class ServedModel:
         finally:
             self.release()
 
-    def leased_instance(self) -> Model:
-        """:meth:`instance` for a caller that holds the model already (:meth:`acquire`, or a
-        slot's lease) and releases it after using the instance: no ``with`` block, for a
-        scoring loop over thousands of keys."""
-        self.acquire()
-        try:
-            return self._live_instance()
-        finally:
-            self.release()
-
     def _live_instance(self) -> Model:
         """The instance, made again if it was evicted. The reload runs outside ``_lock``: it
         may take long or hang, and retiring the model (a quarantine, an unload) must not
@@ -303,16 +293,6 @@ class ModelSlot:
     def batch_model(self) -> Iterator[tuple[ServedModel | None, bool]]:
         """The model to score the next batch with (held until the block ends), and whether it
         was just swapped in. A staged model becomes current here: at a batch boundary."""
-        served, swapped = self.lease()
-        try:
-            yield served, swapped
-        finally:
-            if served is not None:
-                served.release()
-
-    def lease(self) -> tuple[ServedModel | None, bool]:
-        """:meth:`batch_model` without a ``with`` block: the model is held (acquired) until
-        the caller calls its :meth:`ServedModel.release`."""
         with self._lock:
             served, retired, swapped = self._promote()
             if served is not None:
@@ -322,7 +302,11 @@ class ModelSlot:
         if swapped and served is not None:
             served.stats.mark_current()
             served.swap_delay_s = time.monotonic() - served.submitted_at
-        return served, swapped
+        try:
+            yield served, swapped
+        finally:
+            if served is not None:
+                served.release()
 
     def _promote(self) -> tuple[ServedModel | None, ServedModel | None, bool]:
         """Under the lock: (current model, model retired by a swap, whether it swapped)."""
