@@ -9,7 +9,6 @@ hundred MiB instead of taking 2 GiB (or 4: a body is joined into one bytes objec
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import httpx
 import orjson
 import pytest
+from server_lines import wait_for_line
 
 from builders import onnx_constant
 
@@ -56,9 +56,7 @@ def serving(tmp_path: Path) -> Iterator[tuple[str, int]]:
     assert server.stdin is not None
     assert server.stderr is not None
     try:
-        announced = server.stderr.readline().decode()
-        match = re.search(r"HTTP API on (http://\S+)", announced)
-        assert match, announced
+        match = wait_for_line(server.stderr, r"HTTP API on (http://\S+)")
         yield match.group(1), server.pid
     finally:
         server.stdin.close()  # the end of the data: the server stops

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+from server_lines import wait_for_line
 
 from builders import onnx_constant
 
@@ -42,9 +43,7 @@ def test_status_and_metrics_of_a_running_server(tmp_path: Path) -> None:
     try:
         assert server.stderr is not None
         assert server.stdin is not None
-        announced = server.stderr.readline().decode()
-        match = re.search(r"HTTP API on (http://\S+)", announced)
-        assert match, announced
+        match = wait_for_line(server.stderr, r"HTTP API on (http://\S+)")
         url = match.group(1)
         record = orjson.dumps({"dataType": "wine", "features": [1.0] * 11}) + b"\n"
         server.stdin.write(record * 25)

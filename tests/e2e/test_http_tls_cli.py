@@ -4,7 +4,6 @@ served over HTTPS to a client that trusts the CA; bad TLS settings stop it at st
 from __future__ import annotations
 
 import os
-import re
 import ssl
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from server_lines import wait_for_line
 from tls_certificates import write_pki
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -37,9 +37,7 @@ def test_the_api_speaks_https_with_the_configured_certificate(tmp_path: Path) ->
     assert server.stdin is not None
     assert server.stderr is not None
     try:
-        announced = server.stderr.readline().decode()
-        match = re.search(r"HTTP API on https?://\S+:(\d+)", announced)
-        assert match, announced
+        match = wait_for_line(server.stderr, r"HTTP API on https?://\S+:(\d+)")
         url = f"https://127.0.0.1:{match.group(1)}"
         trusting = ssl.create_default_context(cafile=pki.ca)
         with httpx.Client(base_url=url, verify=trusting) as http:
