@@ -419,14 +419,20 @@ class LoggingSettings(_Section):
     summary_interval_s: float = Field(
         60.0,
         ge=0,
+        le=86_400,  # a day; a wait much longer overflows the clock's time_t
         description="seconds between summary lines (records/s, errors, consumer lag, live "
-        "models); 0: none",
+        "models), at most a day; 0: none",
     )
 
     @field_validator("level", mode="before")
     @classmethod
     def _upper_case(cls, level: object) -> object:
         return level.upper() if isinstance(level, str) else level
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _lower_case(cls, log_format: object) -> object:
+        return log_format.lower() if isinstance(log_format, str) else log_format
 
 
 class Settings(BaseSettings):

@@ -18,6 +18,7 @@ import pytest
 
 from builders import onnx_constant, wine_json_lines
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
+from streamserve.descriptor.model_descriptor import MAX_NAME_CHARS as MAX_DESCRIPTOR_NAME
 
 STREAMSERVE = [sys.executable, "-m", "streamserve"]
 USER_ENV = {name: value for name, value in os.environ.items() if not name.startswith("TF_")}
@@ -77,8 +78,8 @@ def test_a_huge_model_name_makes_no_huge_log_line(
     models = tmp_path / "models"
     (models / "wine").mkdir(parents=True)
     huge = ModelDescriptor(
-        name="n" * 1_000_000,
-        version="v" * 100_000,
+        name="n" * MAX_DESCRIPTOR_NAME,  # the longest a model message may name
+        version="v" * MAX_DESCRIPTOR_NAME,
         data_type="wine",
         model_type=ModelType.ONNX,
         data=b"not a model",

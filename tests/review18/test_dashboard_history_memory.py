@@ -10,11 +10,12 @@ from pathlib import Path
 
 from builders import onnx_constant, onnx_descriptor
 from streamserve.api.history import ServingHistory
+from streamserve.descriptor.model_descriptor import MAX_NAME_CHARS as MAX_DESCRIPTOR_NAME
 from streamserve.serving.core import ServingCore
 from streamserve.settings import ServingSettings
 
 REJECTIONS = 30
-NAME_CHARS = 100_000
+NAME_CHARS = MAX_DESCRIPTOR_NAME - 8  # the longest a model message may name, with its prefix
 MOST_CHARS_AN_EVENT_NAMES = 2_000  # what the summary sends of one: 200 per name, 300 a reason
 
 

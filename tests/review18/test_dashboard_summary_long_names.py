@@ -11,15 +11,16 @@ import orjson
 from builders import onnx_constant, onnx_descriptor
 from streamserve.api.server import ApiServer
 from streamserve.codecs.json import JsonCodec
+from streamserve.descriptor.model_descriptor import MAX_NAME_CHARS as MAX_DESCRIPTOR_NAME
 from streamserve.serving.core import ServingCore
 from streamserve.settings import ApiSettings
 from streamserve.testing import records_from
 
 MAX_SUMMARY_BYTES = 200_000  # docs/operations.md, "With many keys"
 KEY = "wine-" + "k" * 400
-NAME = "model-" + "n" * 100_000
+NAME = "model-" + "n" * (MAX_DESCRIPTOR_NAME - 16)  # near the longest a model may name
 DESCRIPTION = "a model card pasted in whole. " * 30_000  # 900 KB
-VERSION = "v" * 5_000
+VERSION = "v" * (MAX_DESCRIPTOR_NAME - 16)
 MODELS = 4
 
 
