@@ -71,6 +71,30 @@ def _wait_until_scoring(log: Path) -> None:
         time.sleep(0.1)
 
 
+def _url(log: Path) -> str | None:
+    match = re.search(r"HTTP API on (http://\S+)", log.read_text())
+    return match.group(1) if match else None
+
+
+def _results_counted(url: str) -> int:
+    return int(httpx.get(f"{url}/keys", timeout=10).json()["counts"].get("results", 0))
+
+
+def _wait_until_delivered(broker: Broker, logs: list[Path]) -> None:
+    """Until the first replica's results have reached the results topic (bounded): it has
+    counted 100, and the topic holds more than the others have counted, so some are its."""
+    deadline = time.monotonic() + 120
+    while True:
+        assert time.monotonic() < deadline, "the first replica's results never reached the topic"
+        urls = [_url(log) for log in logs]
+        if all(urls):
+            counted = [_results_counted(url) for url in urls if url is not None]
+            on_topic = len(broker.read_all("results"))
+            if counted[0] >= 100 and on_topic > sum(counted[1:]):
+                return
+        time.sleep(0.2)
+
+
 def _records_scored(log: Path) -> int:
     """What a replica reported on its way out: ``streamserve: N records, ...``."""
     match = re.search(r"streamserve: (\d+) records", log.read_text())
@@ -117,12 +141,15 @@ def test_a_killed_replica_loses_nothing_and_duplicates_stay_in_its_window(
         )
         config = _config(tmp_path, broker)
         processes = [_replica(config, tmp_path / "replica-0.log", "--http-port", "0")]
-        processes += [_replica(config, tmp_path / f"replica-{i}.log") for i in range(1, replicas)]
+        processes += [
+            _replica(config, tmp_path / f"replica-{i}.log", "--http-port", "0")
+            for i in range(1, replicas)
+        ]
         published = threading.Event()
         publisher = threading.Thread(target=_publish_slowly, args=(broker, published))
         publisher.start()
         try:
-            _wait_until_scoring(tmp_path / "replica-0.log")
+            _wait_until_delivered(broker, [tmp_path / f"replica-{i}.log" for i in range(replicas)])
             processes[0].send_signal(signal.SIGKILL)
             publisher.join()
             deadline = time.monotonic() + 120
