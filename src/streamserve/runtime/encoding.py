@@ -15,6 +15,7 @@ import orjson
 
 from streamserve.codecs.base import InputRecord
 from streamserve.errors import ScoringError
+from streamserve.logs import cut
 from streamserve.serving.core import ServingCore
 from streamserve.serving.events import ModelEvent, ModelEventKind
 from streamserve.serving.outcome import INTERNAL_ERROR, BatchOutcome, RecordError, ScoredGroup
@@ -106,10 +107,10 @@ def encode_record_error(error: RecordError, record: InputRecord) -> OutputMessag
     """
     document: dict[str, object] = {
         "kind": error.kind,
-        "reason": _cut(error.reason, MAX_REASON_CHARS),
+        "reason": cut(error.reason, MAX_REASON_CHARS),
         "key": error.key,
-        "model": _cut(error.model.name, MAX_ERROR_KEY_CHARS) if error.model else None,
-        "version": _cut(error.model.version, MAX_ERROR_KEY_CHARS) if error.model else None,
+        "model": cut(error.model.name, MAX_ERROR_KEY_CHARS) if error.model else None,
+        "version": cut(error.model.version, MAX_ERROR_KEY_CHARS) if error.model else None,
         "position": record.position,
     }
     key = error.key.encode("utf-8", "replace") if error.key else record.key
@@ -141,19 +142,15 @@ def encode_model_event(event: ModelEvent) -> OutputMessage:
     """A model event's document, each text bounded as an error record's are."""
     document = {
         "kind": str(event.kind),
-        "key": _cut(event.key, MAX_ERROR_KEY_CHARS),
-        "model": _cut(event.name, MAX_ERROR_KEY_CHARS),
-        "version": _cut(event.version, MAX_ERROR_KEY_CHARS),
-        "reason": _cut(event.reason, MAX_REASON_CHARS),
+        "key": cut(event.key, MAX_ERROR_KEY_CHARS),
+        "model": cut(event.name, MAX_ERROR_KEY_CHARS),
+        "version": cut(event.version, MAX_ERROR_KEY_CHARS),
+        "reason": cut(event.reason, MAX_REASON_CHARS),
         "error_kind": event.error_kind,
         "origin": event.origin,
         "at": event.at,
     }
     return (event.key[:MAX_ERROR_KEY_CHARS].encode() or None), orjson.dumps(document)
-
-
-def _cut(text: str | None, limit: int) -> str | None:
-    return text if text is None or len(text) <= limit else text[:limit] + "… (cut)"
 
 
 PUBLISHED_EVENTS = frozenset((ModelEventKind.REJECTED, ModelEventKind.QUARANTINED))
