@@ -21,8 +21,8 @@ from pathlib import Path
 from benchmarks.broker import BROKERS
 from benchmarks.common import FULL, SMOKE, Row, Sizes, WineData, wine_data
 
-SCENARIOS = ("embedded", "kafka", "swap", "many", "metrics", "peers")
-KAFKA_SCENARIOS = ("kafka", "swap", "peers")
+SCENARIOS = ("embedded", "kafka", "swap", "many", "metrics", "peers", "cold-start")
+KAFKA_SCENARIOS = ("kafka", "swap", "peers", "cold-start")
 # peers installs two environments of its own (scripts/peers-env.sh) and starts a JVM: --smoke
 # leaves it out unless named (--smoke --only peers)
 NOT_IN_SMOKE = ("peers",)
@@ -105,6 +105,10 @@ def _kafka_runner(scenario: str) -> Callable[[WineData, bytes, Sizes, str], list
         from benchmarks.peers import scenario as peers
 
         return peers.run
+    if scenario == "cold-start":
+        from benchmarks import cold_start
+
+        return cold_start.run
     from benchmarks import swap
 
     return swap.run

@@ -7,6 +7,7 @@ to constructors. Environment variables override the file; nested fields use ``__
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -83,8 +84,23 @@ class ModelSecuritySettings(_Section):
         return limit
 
 
+MAX_DEFAULT_LOADER_THREADS = 4
+
+
+def default_loader_threads() -> int:
+    """The CPUs this process may run on, at most ``MAX_DEFAULT_LOADER_THREADS``: a load mostly
+    runs native code (model libraries, the JVM, child-process checks), which uses every core;
+    past a few threads they only queue for the interpreter's lock."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_DEFAULT_LOADER_THREADS))
+
+
 class ServingSettings(_Section):
-    loader_threads: int = Field(1, ge=1, description="threads loading and validating models")
+    loader_threads: int = Field(
+        default_factory=default_loader_threads,
+        ge=1,
+        description="threads loading and validating models (default: the CPUs this process may "
+        "use, at most 4)",
+    )
     threads_per_model: int = Field(1, ge=1, description="intra-op threads of each model runtime")
     model_roots: list[Path] = Field(
         default_factory=list, description="directories a descriptor's location may point into"

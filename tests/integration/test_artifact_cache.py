@@ -17,7 +17,7 @@ from builders import wine_json_lines
 from streamserve.codecs.json import JsonCodec
 from streamserve.descriptor import ModelDescriptor, ModelType
 from streamserve.formats.artifact import pack_directory, path_digest
-from streamserve.formats.cache import ArtifactCache
+from streamserve.formats.cache import ArtifactCache, bytes_digest
 from streamserve.formats.lightgbm import PARSE_CHECK
 from streamserve.serving.core import ServingCore
 from streamserve.settings import ServingSettings
@@ -66,7 +66,7 @@ def test_lightgbm_checks_are_remembered_only_for_models_that_passed(
     lines = wine_json_lines(wine_matrix[:20])
     values = _serve(tmp_path / "cache", good, lines)
     cache = ArtifactCache(tmp_path / "cache")
-    assert cache.has_passed(PARSE_CHECK.name, trained.data)
+    assert cache.has_passed(PARSE_CHECK.fingerprint(), bytes_digest(trained.data))
     assert values == _serve(tmp_path / "cache", good, lines)
     np.testing.assert_allclose(values, trained.predict(wine_matrix[:20, :11]), rtol=1e-6)
 
@@ -86,7 +86,7 @@ def test_lightgbm_checks_are_remembered_only_for_models_that_passed(
     finally:
         core.close()
     assert {error["kind"] for error in outcome.errors} == {"model_rejected", "no_model"}
-    assert not cache.has_passed(PARSE_CHECK.name, broken)
+    assert not cache.has_passed(PARSE_CHECK.fingerprint(), bytes_digest(broken))
 
 
 # One replica process: a few loader threads each load every archive, round after round, and

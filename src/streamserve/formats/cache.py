@@ -4,7 +4,8 @@ A restarted replica reads the same model bytes from the models topic again; what
 derive from them is kept here under their digest:
 
 * unpacked archives (a TensorFlow SavedModel sent inline as tar or zip), and
-* safety checks they passed (XGBoost's and LightGBM's parse in a child process).
+* safety checks they passed (XGBoost's and LightGBM's parse in a child process), under the
+  check's fingerprint: its script and the library's version (:mod:`.isolation`).
 
 Several processes and threads may share one cache. The rules that make this safe:
 
@@ -243,18 +244,20 @@ class ArtifactCache:
             self._faults.failed(str(err))
         return unpack_to_scratch(data, unpack)
 
-    def has_passed(self, check: str, data: bytes) -> bool:
-        """Whether ``data`` passed ``check`` before (in this process or an earlier one)."""
-        return (self._checks / check / bytes_digest(data)).is_file()
+    def has_passed(self, check: str, digest: str) -> bool:
+        """Whether the bytes of ``digest`` (:func:`bytes_digest`, which the caller computes once
+        for all its uses) passed ``check`` before, in this process or an earlier one."""
+        return (self._checks / check / _hex_name(digest)).is_file()
 
-    def record_pass(self, check: str, data: bytes) -> None:
-        """Remembers that ``data`` passed ``check``; a cache that cannot be written forgets."""
+    def record_pass(self, check: str, digest: str) -> None:
+        """Remembers that the bytes of ``digest`` passed ``check``; a cache that cannot be
+        written forgets."""
         if not self._faults.writable():
             return
         directory = self._checks / check
         try:
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            (directory / bytes_digest(data)).touch()
+            (directory / _hex_name(digest)).touch()
         except OSError as err:
             # The check passed: the load goes on, only the next process checks again.
             self._faults.failed(f"cannot record a passed check in {directory}: {err}")
@@ -320,6 +323,13 @@ class ArtifactCache:
                 return
             if _remove_if_free(path):
                 total -= size
+
+
+def _hex_name(digest: str) -> str:
+    """``digest`` as a file name: a SHA-256 in hex, nothing that could name another path."""
+    if len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise ValueError(f"not a SHA-256 hex digest: {digest[:80]!r}")
+    return digest
 
 
 def _lease(entry: Path) -> LeasedDirectory | None:

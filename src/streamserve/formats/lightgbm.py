@@ -7,7 +7,7 @@ positional then. A multi-class model gives class scores (AUTO: the class index).
 LightGBM (4.7) aborts the whole process on some malformed models (``std::terminate`` while
 parsing trees), which no exception handler can catch. So a model's text is first parsed by a
 short-lived child process, and loaded here only if that succeeds: a corrupt model is rejected,
-never a crash. This costs about a second per load, off the scoring path, so a text that passed
+never a crash. This costs a child process per load, off the scoring path, so a text that passed
 is not checked again: the factory remembers the digests of the last texts that passed (an evicted
 model is re-made from the same bytes), and with an artifact cache so does every process sharing it.
 """
@@ -28,7 +28,12 @@ from streamserve.formats.base import (
     RawOutputModel,
     import_optional,
 )
-from streamserve.formats.isolation import REMEMBERED_PASSES, CheckedOnce, ChildCheck
+from streamserve.formats.isolation import (
+    REMEMBERED_PASSES,
+    WITHOUT_OPTIONAL_IMPORTS,
+    CheckedOnce,
+    ChildCheck,
+)
 
 _GENERATED_NAME = re.compile(r"Column_\d+")
 
@@ -83,8 +88,10 @@ class LightGBMFactory:
 
 PARSE_CHECK = ChildCheck(
     name="lightgbm-parse",
-    script="import sys, lightgbm; lightgbm.Booster(model_str=sys.stdin.read())",
+    script=WITHOUT_OPTIONAL_IMPORTS
+    + "import lightgbm; lightgbm.Booster(model_str=sys.stdin.read())",
     library="LightGBM",
     verb="parse",
     marker="[Fatal]",
+    module="lightgbm",
 )

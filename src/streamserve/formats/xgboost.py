@@ -30,7 +30,12 @@ from streamserve.formats.base import (
     RawOutputModel,
     import_optional,
 )
-from streamserve.formats.isolation import REMEMBERED_PASSES, CheckedOnce, ChildCheck
+from streamserve.formats.isolation import (
+    REMEMBERED_PASSES,
+    WITHOUT_OPTIONAL_IMPORTS,
+    CheckedOnce,
+    ChildCheck,
+)
 
 
 def _xgboost() -> Any:
@@ -81,8 +86,9 @@ class XGBoostFactory:
 
 LOAD_CHECK = ChildCheck(
     name="xgboost-load",
-    script="""
-import sys, numpy, xgboost
+    script=WITHOUT_OPTIONAL_IMPORTS
+    + """
+import numpy, xgboost
 booster = xgboost.Booster(params={"nthread": 1})
 booster.load_model(bytearray(sys.stdin.buffer.read()))
 width = booster.num_features()
@@ -92,6 +98,7 @@ for value in (0.0, 1.0, -1.0, 1e9, -1e9, float("nan")):
     library="XGBoost",
     verb="load",
     marker="Error",
+    module="xgboost",
 )
 
 

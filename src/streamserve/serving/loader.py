@@ -13,6 +13,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,10 +49,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LoadJob:
+    """One model to load. ``in_key_order``: it starts only once every earlier such job of its
+    key is finished (see :class:`ModelLoader`)."""
+
     descriptor: ModelDescriptor
     sequence: int
     origin: str
     submitted_at: float = dataclasses.field(default_factory=time.monotonic)
+    in_key_order: bool = False
 
 
 class SlotDirectory(Protocol):
@@ -71,6 +76,14 @@ class ModelLoader:
 
     A key's slot is created only when one of its models stages: rejected models and
     tombstones for keys nobody serves leave nothing behind but a bounded rejection record.
+
+    Loads run on ``threads`` threads at once, in submission order. Two models of one key may
+    load side by side, and the later one may finish first: it stages, and the earlier one is
+    superseded (a slow or hung load never holds back its key's next model). Jobs submitted
+    ``in_key_order`` (a restart rebuilding its models from the models topic) wait for the
+    earlier ones of their key instead: models of different keys load side by side, those of one
+    key one after another, so each key ends with the model, value type and rejections that
+    loading them one by one gives, as a replica that read them as they came.
 
     The threads are daemons, and :meth:`close` waits for a load in progress only a while: a
     load that hangs (a location on a dead network mount, a library stuck in native code) cannot
@@ -107,12 +120,20 @@ class ModelLoader:
         self._pending = 0
         self._closed = False
         self._idle = threading.Condition()
+        # keys with an in-order job loading -> their in-order jobs waiting for it, oldest first
+        self._in_order: dict[str, deque[LoadJob]] = {}
 
     def submit(self, job: LoadJob) -> None:
         with self._idle:
             if self._closed:
                 return
             self._pending += 1
+            if job.in_key_order:
+                waiting = self._in_order.get(job.descriptor.data_type)
+                if waiting is not None:
+                    waiting.append(job)  # started by _finish once the one before it is done
+                    return
+                self._in_order[job.descriptor.data_type] = deque()
         self._jobs.put(job)
 
     def wait_idle(self, timeout_s: float | None = None) -> bool:
@@ -128,6 +149,11 @@ class ModelLoader:
         """Drops the loads not started, and waits up to ``timeout_s`` for those in progress."""
         with self._idle:
             self._closed = True
+            dropped = [job for waiting in self._in_order.values() for job in waiting]
+            for waiting in self._in_order.values():
+                waiting.clear()
+        for job in dropped:
+            self._finish(job)
         for _ in self._workers:
             self._jobs.put(None)
         self._calls.close()
@@ -151,10 +177,20 @@ class ModelLoader:
             self._run(job)
 
     def _finish(self, job: LoadJob) -> None:
-        self._slots.load_done(job.descriptor.data_type, job.sequence)
+        key = job.descriptor.data_type
+        self._slots.load_done(key, job.sequence)
+        following = None
         with self._idle:
             self._pending -= 1
+            if job.in_key_order:
+                waiting = self._in_order.get(key)
+                if waiting:
+                    following = waiting.popleft()
+                else:
+                    self._in_order.pop(key, None)
             self._idle.notify_all()
+        if following is not None:
+            self._jobs.put(following)  # a closed loader's workers finish it unloaded
 
     def _run(self, job: LoadJob) -> None:
         try:
@@ -185,14 +221,13 @@ class ModelLoader:
         except Exception as err:  # noqa: BLE001 - plug-in factories may raise anything
             self._reject(key, job, err)
             return
+        # An inline model without a version is labelled by its digest: hashed once, here.
+        version = descriptor.version_label
         served = ServedModel(
-            identity=_identity(descriptor, job.sequence),
+            identity=_identity(descriptor, version, job.sequence),
             model=model,
             stats=ModelServingInfo(
-                descriptor.name,
-                descriptor.description,
-                descriptor.version_label,
-                descriptor.model_type_label,
+                descriptor.name, descriptor.description, version, descriptor.model_type_label
             ),
             load_duration_s=time.perf_counter() - started,
             submitted_at=job.submitted_at,
@@ -214,7 +249,7 @@ class ModelLoader:
                 ModelEventKind.STAGED if staged else ModelEventKind.SUPERSEDED,
                 key,
                 descriptor.name,
-                descriptor.version_label,
+                version,
                 load_duration_s=served.load_duration_s,
                 origin=job.origin,
             )
@@ -308,13 +343,14 @@ class ModelLoader:
         descriptor = job.descriptor
         kind = err.kind if isinstance(err, RejectedInput) else ModelLoadError.kind
         reason = str(err) or type(err).__name__
-        self._slots.reject(Rejection(key, descriptor.name, descriptor.version_label, kind, reason))
+        version = descriptor.version_label
+        self._slots.reject(Rejection(key, descriptor.name, version, kind, reason))
         self._events.put(
             ModelEvent(
                 ModelEventKind.REJECTED,
                 key,
                 descriptor.name,
-                descriptor.version_label,
+                version,
                 reason=reason,
                 error_kind=kind,
                 origin=job.origin,
@@ -329,10 +365,10 @@ def _with_location_digest(descriptor: ModelDescriptor, artifact: Artifact) -> Mo
     return descriptor
 
 
-def _identity(descriptor: ModelDescriptor, sequence: int) -> ModelIdentity:
+def _identity(descriptor: ModelDescriptor, version: str, sequence: int) -> ModelIdentity:
     return ModelIdentity(
         name=descriptor.name,
-        version=descriptor.version_label,
+        version=version,
         description=descriptor.description,
         model_type=descriptor.model_type_label,
         sequence=sequence,

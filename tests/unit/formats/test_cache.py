@@ -17,9 +17,11 @@ import pytest
 from streamserve.errors import ModelLoadError
 from streamserve.formats.archive import FOLDER_BYTES
 from streamserve.formats.artifact import pack_directory, unpack_archive
-from streamserve.formats.cache import ArtifactCache
+from streamserve.formats.cache import ArtifactCache, bytes_digest
 
 WAIT_S = 30.0  # a bound on waiting for the other thread, never a pacing sleep
+
+MODEL = bytes_digest(b"model")  # the digest of a model's bytes, as checks remember them
 
 
 def _archive(tmp_path: Path, name: str, size: int) -> bytes:
@@ -107,11 +109,11 @@ def test_entries_of_empty_folders_count_their_folders_and_are_pruned(tmp_path: P
 
 def test_passed_checks_are_remembered_by_digest(tmp_path: Path) -> None:
     cache = ArtifactCache(tmp_path / "cache")
-    assert not cache.has_passed("parse", b"model")
-    cache.record_pass("parse", b"model")
-    assert ArtifactCache(tmp_path / "cache").has_passed("parse", b"model")
-    assert not cache.has_passed("parse", b"other model")
-    assert not cache.has_passed("another-check", b"model")
+    assert not cache.has_passed("parse", MODEL)
+    cache.record_pass("parse", MODEL)
+    assert ArtifactCache(tmp_path / "cache").has_passed("parse", MODEL)
+    assert not cache.has_passed("parse", bytes_digest(b"other model"))
+    assert not cache.has_passed("another-check", MODEL)
 
 
 def test_an_unwritable_cache_does_not_fail_loads_and_warns_once(
@@ -121,12 +123,12 @@ def test_an_unwritable_cache_does_not_fail_loads_and_warns_once(
     blocked.write_text("")
     cache = ArtifactCache(blocked, retry_after_s=0.0)  # every load tries the cache again
     with caplog.at_level(logging.DEBUG, logger="streamserve.formats.cache"):
-        cache.record_pass("parse", b"model")  # forgotten, not fatal: the check did pass
+        cache.record_pass("parse", MODEL)  # forgotten, not fatal: the check did pass
         for name in ("a", "b"):
             with cache.unpacked(_archive(tmp_path, name, 10), unpack_archive) as directory:
                 assert (directory / "model.bin").read_bytes() == name.encode() * 10
     assert not directory.exists(), "the temporary directory outlived its use"
-    assert not cache.has_passed("parse", b"model")
+    assert not cache.has_passed("parse", MODEL)
     assert cache.failures == 3
     assert "Not a directory" in (cache.problem or "")
     [warning] = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -139,12 +141,12 @@ def test_after_a_fault_the_cache_is_not_written_until_its_retry(tmp_path: Path) 
     blocked = tmp_path / "cache"
     blocked.write_text("")
     cache = ArtifactCache(blocked)  # the default pause: a minute
-    cache.record_pass("parse", b"model")
+    cache.record_pass("parse", MODEL)
     blocked.unlink()  # mended, but the pause holds
 
     with cache.unpacked(_archive(tmp_path, "a", 10), unpack_archive) as directory:
         assert directory.parent != blocked / "unpacked"
-    cache.record_pass("parse", b"model")
+    cache.record_pass("parse", MODEL)
 
     assert cache.failures == 1
     assert not blocked.exists()
@@ -155,13 +157,13 @@ def test_a_cache_that_works_again_says_so(tmp_path: Path, caplog: pytest.LogCapt
     blocked.write_text("")
     cache = ArtifactCache(blocked, retry_after_s=0.0)
     with caplog.at_level(logging.WARNING, logger="streamserve.formats.cache"):
-        cache.record_pass("parse", b"model")
+        cache.record_pass("parse", MODEL)
         blocked.unlink()
-        cache.record_pass("parse", b"model")
+        cache.record_pass("parse", MODEL)
         with cache.unpacked(_archive(tmp_path, "a", 10), unpack_archive) as directory:
             assert directory.parent == blocked / "unpacked"
 
-    assert cache.has_passed("parse", b"model")
+    assert cache.has_passed("parse", MODEL)
     assert cache.problem is None
     assert cache.failures == 1
     assert [r.getMessage().split(" (")[0] for r in caplog.records] == [

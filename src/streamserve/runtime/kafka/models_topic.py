@@ -9,7 +9,9 @@ signing is on (``serving.security.trusted_keys``).
 
 from __future__ import annotations
 
+import gc
 import logging
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -34,6 +36,9 @@ MAX_BACKOFF_S = 10.0
 MAX_LOADS_PENDING = 32
 LOADER_WAIT_S = 0.01  # one wait for the loader while its queue is full
 MODELS_WAIT_S = 0.2  # one wait for model messages during the catch-up
+# A library import this large (TensorFlow: ~4,000 modules; LightGBM with scikit-learn: ~1,000)
+# is frozen out of the collector's view during a server's catch-up (see ImportFreezer).
+FREEZE_AFTER_MODULES = 200
 
 
 class CatchUpWatch:
@@ -75,17 +80,55 @@ class CatchUpWatch:
         )
 
 
+class ImportFreezer:
+    """Moves the objects of the libraries that the catch-up's loads import (TensorFlow, the
+    JVM's bridge, LightGBM with scikit-learn) out of the cyclic collector's view, in a server
+    process (``enabled``), as soon as they are imported.
+
+    Every full collection scans every tracked object: with TensorFlow imported, tens of
+    milliseconds each. A catch-up runs many: the heap grows by a thousand models, and with a PMML
+    model the JVM bridge (JPype) runs a full Python collection after every Java one. Frozen
+    objects are skipped, so each pass then costs what the catch-up added since. Module objects
+    live as long as the process anyway; what else is alive at a freeze (models loaded so far, a
+    load in progress) is never collected if it becomes cyclic garbage later, as with
+    :func:`~streamserve.runtime.base.freeze_startup_objects` after the catch-up, which a server
+    process runs anyway.
+    """
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._modules = len(sys.modules)
+
+    def check(self) -> None:
+        """Freezes the heap if at least ``FREEZE_AFTER_MODULES`` modules were imported since
+        the last freeze (after a collection, so that no garbage alive now is kept for good)."""
+        if not self._enabled or len(sys.modules) - self._modules < FREEZE_AFTER_MODULES:
+            return
+        self._modules = len(sys.modules)
+        gc.collect()
+        gc.freeze()
+
+
 class ModelsTopicReader:
     """Submits the models topic's messages to the core, in order, never more than
-    ``MAX_LOADS_PENDING`` at once (with the ``clients``' models reader).
+    ``MAX_LOADS_PENDING`` at once (with the ``clients``' models reader). ``freeze_imports``: a
+    server process, whose catch-up freezes the libraries its loads import (:class:`ImportFreezer`).
 
     Credentials or TLS settings that the brokers refuse stop the replica at the next read
     (:meth:`KafkaClients.raise_problem`), at startup and while it serves, instead of waiting
     for brokers that will never accept it.
     """
 
-    def __init__(self, core: ServingCore, settings: KafkaSettings, clients: KafkaClients) -> None:
+    def __init__(
+        self,
+        core: ServingCore,
+        settings: KafkaSettings,
+        clients: KafkaClients,
+        *,
+        freeze_imports: bool = False,
+    ) -> None:
         self._kafka = clients.kafka
+        self._freezer = ImportFreezer(freeze_imports)
         self._core = core
         self._settings = settings
         self._clients = clients
@@ -98,7 +141,10 @@ class ModelsTopicReader:
         ``no_model`` errors, or an older model's scores.
 
         Every message, not only the latest per key: if a key's latest model is bad, a restarted
-        replica must keep the good one before it, exactly as a running replica does.
+        replica must keep the good one before it, exactly as a running replica does. The loader
+        loads models of different keys side by side (``serving.loader_threads``) and those of
+        one key in their topic order (``in_key_order``), so each key ends as it would loading
+        them one by one.
 
         ``catch_up_timeout_s`` bounds the time *without progress* (no model message read, no
         load finished), not the whole catch-up: a topic of thousands of slow models takes as long
@@ -115,11 +161,12 @@ class ModelsTopicReader:
             messages = self._reader.consume(room, MODELS_WAIT_S)
             self._clients.raise_problem()
             watch.check(read=len(messages))
+            self._freezer.check()
             for message in messages:
                 if is_partition_end(self._kafka, message):
                     at_end.add(message.partition() or 0)
                 elif message.error() is None:
-                    watch.submitted += self._submit(message)
+                    watch.submitted += self._submit(message, in_key_order=True)
         self._wait_for_loader(0, watch)
         return watch.submitted
 
@@ -139,6 +186,7 @@ class ModelsTopicReader:
         while self._core.loads_pending > max_pending and not watch.stopping.is_set():
             self._core.wait_for_models(LOADER_WAIT_S)  # returns early once the loader is idle
             watch.check(read=0)
+            self._freezer.check()
         return max(MAX_LOADS_PENDING - self._core.loads_pending, 1)
 
     def _partitions(self, stopping: threading.Event) -> list[int]:
@@ -196,7 +244,7 @@ class ModelsTopicReader:
         )
         return len(partitions)
 
-    def _submit(self, message: Message) -> int:
+    def _submit(self, message: Message, *, in_key_order: bool = False) -> int:
         """Hands a model message to the core: how many models it handed in (1 for a model
         submitted for loading or rejected at once, as unreadable or unsigned; 0 for a
         tombstone)."""
@@ -204,7 +252,7 @@ class ModelsTopicReader:
         payload = message.value()
         signature = signature_header(message.headers())
         if payload is not None:
-            self._core.submit_model_message(payload, origin, signature)
+            self._core.submit_model_message(payload, origin, signature, in_key_order=in_key_order)
             return 1
         # A tombstone deletes its key's model from the compacted topic: unload the key too.
         key = message.key()

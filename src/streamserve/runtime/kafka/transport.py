@@ -71,7 +71,14 @@ def _record(message: Message) -> InputRecord:
 class KafkaTransport:
     """The data consumer, the models reader and the producers of one replica."""
 
-    def __init__(self, core: ServingCore, settings: KafkaSettings, batch: BatchSettings) -> None:
+    def __init__(
+        self,
+        core: ServingCore,
+        settings: KafkaSettings,
+        batch: BatchSettings,
+        *,
+        freeze_imports: bool = False,  # a server process: see ImportFreezer
+    ) -> None:
         self._core = core
         self._settings = settings
         self._max_delay_s = batch.max_delay_ms / 1000
@@ -83,7 +90,9 @@ class KafkaTransport:
         self._kafka = self._clients.kafka
         self._data = self._clients.data
         self._producer = self._clients.producer
-        self._models = ModelsTopicReader(core, settings, self._clients)
+        self._models = ModelsTopicReader(
+            core, settings, self._clients, freeze_imports=freeze_imports
+        )
         self._commits = OffsetCommits(self._kafka, settings, self._data, self._producer)
         self._topics = TopicCheck(settings, self._clients)
         self._failing = False  # the run is ending on an error: leave without waiting for outputs
@@ -358,7 +367,7 @@ class KafkaRuntime(BatchLoop[KafkaBatch]):
         on_event: Callable[[ModelEvent], None] | None = None,
         freeze_startup: bool = False,
     ) -> None:
-        self._kafka_transport = KafkaTransport(core, settings, batch)
+        self._kafka_transport = KafkaTransport(core, settings, batch, freeze_imports=freeze_startup)
         super().__init__(
             core,
             codec,
