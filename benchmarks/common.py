@@ -50,10 +50,14 @@ class Sizes:
     swap_rate: int
     model_counts: tuple[int, ...]
     records_per_key: int
+    # scenario 5 under the 2 GiB RSS budget: keys, live-model budget, working set of keys
+    budget_keys: int = 0
+    budget_live: int = 0
+    working_set: int = 0
 
 
-FULL = Sizes(400_000, 1_000_000, 20_000, 10.0, 20_000, (1_000, 10_000), 10)
-SMOKE = Sizes(5_000, 5_000, 300, 2.0, 2_000, (50,), 4)
+FULL = Sizes(400_000, 1_000_000, 20_000, 10.0, 20_000, (1_000, 10_000), 10, 100_000, 15_000, 10_000)
+SMOKE = Sizes(5_000, 5_000, 300, 2.0, 2_000, (50,), 4, 300, 60, 40)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ def test_every_scenario_runs_and_counts_correctly(tmp_path: Path) -> None:
         if row["baseline_value"]:
             assert row["ratio"] == pytest.approx(row["value"] / row["baseline_value"]), row
     many = [row for row in rows if row["scenario"].startswith("5") and "RSS" in row["metric"]]
-    assert [row["details"]["keys_served"] for row in many] == [50, 50]
+    assert [row["details"]["keys_served"] for row in many] == [50, 50, 300]
     assert any(row["details"]["reloads"] > 0 for row in many), "the budget never evicted"
     table = done.stdout.decode()
     assert table.count("\n| ") == len(rows), "the table has a line per row"

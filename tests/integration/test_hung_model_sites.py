@@ -103,7 +103,11 @@ def test_a_model_hanging_in_its_reload_after_eviction_is_given_up_on_within_the_
     closes it: ServedModel.close() waits for the same lock. So the batch does not come back
     at the scoring deadline but only when the reload gives up at serving.load_timeout_s
     (default 300 s, against a 30 s deadline: Kafka's max.poll.interval.ms is 300 s), and
-    forever if the load timeout is larger still."""
+    forever if the load timeout is larger still.
+
+    Reloads now run off the scoring thread (serving/reloads.py): the key's records wait for
+    their reload at most the scoring deadline, then fail with the time limit; the model is not
+    quarantined for a slow reload (it never scored), and serves once its reload returns."""
     deadline_s, load_timeout_s = 0.5, 30.0
     hangy = HangsWhenArmed(gate, hang="load")
     settings = ServingSettings(
@@ -133,6 +137,8 @@ def test_a_model_hanging_in_its_reload_after_eviction_is_given_up_on_within_the_
         elapsed = time.monotonic() - started
         gate.set()
         scoring.join(load_timeout_s + 30)
+        assert core.wait_for_reloads(load_timeout_s + 30)
+        after = _by_row(_score(core, _batch("a", "b")))
     finally:
         gate.set()
         core.close()
@@ -142,7 +148,8 @@ def test_a_model_hanging_in_its_reload_after_eviction_is_given_up_on_within_the_
         f"serving.scoring_deadline_s of {deadline_s} s (quarantining the stuck model waits "
         "for the lock its hung reload holds, up to serving.load_timeout_s)"
     )
-    assert _by_row(outcomes[0]) == {0: ("error", "no_model"), 1: ("result", "steady")}
+    assert _by_row(outcomes[0]) == {0: ("error", "scoring_timeout"), 1: ("result", "steady")}
+    assert after == {0: ("result", "reloads"), 1: ("result", "steady")}, "it left service"
 
 
 def test_inference_requests_to_a_hung_model_lose_at_most_one_thread(

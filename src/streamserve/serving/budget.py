@@ -1,6 +1,7 @@
 """The live-model budget: at most ``max_live`` model instances held at once, least recently used
 evicted first (contract 5). An evicted model keeps its identity, statistics and bytes; it is
-instantiated again when its key's next batch arrives. Models in use are never evicted.
+instantiated again when its key's next batch arrives, off the scoring thread
+(:mod:`streamserve.serving.reloads`). Models in use are never evicted; staged models count.
 
 The budget counts instances, not bytes: no runtime reports a model's memory reliably (sessions
 share pools and allocate lazily), and a count is what operators can reason about; the
@@ -34,8 +35,8 @@ class LiveModels:
         A retired model is never added: its instance closes with its last user. Checked under
         the lock that :meth:`forget` takes, and models are marked retired before they are
         forgotten, so a touch racing a retirement cannot leave the model here for good.
-        Staged models are not here until they first serve: one is never evicted before it
-        ever scored (its re-instantiation would land on the scoring path)."""
+        A model is touched when it stages, too: one waiting for its first batch is evicted like
+        any idle model (its first batch makes it again)."""
         if self.max_live is None:
             return
         with self._lock:

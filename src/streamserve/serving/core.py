@@ -38,6 +38,7 @@ from streamserve.serving.deadline import CallSite, CallWatch, TimedCall, TimedCa
 from streamserve.serving.events import EventLog, ModelEvent, ModelEventKind
 from streamserve.serving.loader import LoadJob, ModelLoader
 from streamserve.serving.outcome import INTERNAL_ERROR, BatchOutcome, RecordError
+from streamserve.serving.reloads import RELOADS_AHEAD, ModelReloads, WaitingGroup
 from streamserve.serving.routing import KeyRouter, WatchedRouter, routed_batch
 from streamserve.serving.scoring import ModelCall, ModelScoring
 from streamserve.serving.slot import ModelSlot, Rejection, ServedModel
@@ -109,6 +110,7 @@ class ServingCore:
             settings, self.live_models, self._events, self._count, self._watch
         )
         self._scoring_calls = TimedCalls("scoring")
+        self._reloads = ModelReloads(self.live_models)
 
     @property
     def settings(self) -> ServingSettings:
@@ -122,17 +124,22 @@ class ServingCore:
 
     # --- models --------------------------------------------------------------------------------
     def submit_model_message(
-        self, payload: bytes, origin: str = "", signature: bytes | None = None
+        self,
+        payload: bytes,
+        origin: str = "",
+        signature: bytes | None = None,
+        *,
+        in_key_order: bool = False,
     ) -> ModelDescriptor | None:
         """Admits a model message (its size; its ``signature`` when trusted keys are set:
         :mod:`streamserve.serving.admission`), decodes it and loads it off-path; a refused or
-        bad message becomes a rejection."""
+        bad message becomes a rejection. ``in_key_order``: see :meth:`submit_model`."""
         try:
             descriptor = self._admission.admit(payload, signature)
         except RejectedInput as err:
             self.reject_model_message(err, origin)
             return None
-        self.submit_model(descriptor, origin)
+        self.submit_model(descriptor, origin, in_key_order=in_key_order)
         return descriptor
 
     def submit_tombstone(
@@ -161,12 +168,17 @@ class ServingCore:
             )
         )
 
-    def submit_model(self, descriptor: ModelDescriptor, origin: str = "") -> None:
+    def submit_model(
+        self, descriptor: ModelDescriptor, origin: str = "", *, in_key_order: bool = False
+    ) -> None:
+        """Loads a model off-path. ``in_key_order``: only once the key's earlier models
+        submitted so are loaded or rejected (a restart rebuilding its models from the topic;
+        :class:`~streamserve.serving.loader.ModelLoader`)."""
         self._count(model_messages=1)
         with self._slots_lock:  # sequence numbers in submission order, unloads included
             sequence = next(self._sequence)
             self._loading.setdefault(descriptor.data_type, set()).add(sequence)
-        self._loader.submit(LoadJob(descriptor, sequence, origin))
+        self._loader.submit(LoadJob(descriptor, sequence, origin, in_key_order=in_key_order))
 
     def load_done(self, key: str, sequence: int) -> None:
         """The loader finished (staged or rejected) the model of ``key`` submitted as
@@ -185,6 +197,10 @@ class ServingCore:
         """Waits until every submitted model is staged or rejected; False on timeout."""
         return self._loader.wait_idle(timeout_s)
 
+    def wait_for_reloads(self, timeout_s: float | None = None) -> bool:
+        """Waits until no evicted model is being made again; False on timeout."""
+        return self._reloads.wait_idle(timeout_s)
+
     @property
     def loads_pending(self) -> int:
         return self._loader.pending
@@ -195,14 +211,21 @@ class ServingCore:
     # --- slots ---------------------------------------------------------------------------------
     def stage(self, key: str, served: ServedModel) -> bool:
         """Stages a loaded, validated model in its key's slot, made for it if need be; never
-        makes a slot for a model that could not stage (the key was unloaded after it came)."""
+        makes a slot for a model that could not stage (the key was unloaded after it came).
+
+        A staged model counts against the live-model budget at once: with more keys than the
+        budget, the instances of models waiting for their first batch would otherwise all stay
+        in memory (100,000 keys loading)."""
         with self._slots_lock:
             slot = self._slots.get(key)
             if slot is None:
                 if served.identity.sequence <= self._unloaded_at.get(key, -1):
                     return False
                 slot = self._slots[key] = ModelSlot(key, self._settings.max_rejections_kept)
-        return slot.stage(served)
+        staged = slot.stage(served)
+        if staged:
+            self.live_models.touch(served)
+        return staged
 
     def slots(self) -> list[ModelSlot]:
         with self._slots_lock:
@@ -385,17 +408,67 @@ class ServingCore:
         if observe and self._router is not None:
             batch = routed_batch(self._router, batch, outcome)
         with_gaps = _keys_with_gaps(batch)
-        for key, rows in batch.rows_by_key().items():
-            if cancelled is not None and cancelled.is_set():
-                break  # abandoned past the deadline: nobody reads this outcome
-            complete = key not in with_gaps
-            try:
-                self._score_key(key, rows, batch, outcome, complete=complete, observe=observe)
-            except Exception as err:  # noqa: BLE001 - a defect must fail this key's rows only
-                outcome.drop_rows(rows)
-                reason = f"scoring the records of key {key!r} failed: {type(err).__name__}: {err}"
-                outcome.fail_rows(rows, ScoringError(reason), key, None)
+        names = self._scoring.canonical_names(batch.feature_names)
+        waiting: list[WaitingGroup] = []  # keys whose evicted models are being made again
+        try:
+            for key, rows in batch.rows_by_key().items():
+                if cancelled is not None and cancelled.is_set():
+                    break  # abandoned past the deadline: nobody reads this outcome
+                complete = key not in with_gaps
+                try:
+                    group = self._score_key(
+                        key, rows, batch, outcome, names if complete else None, observe=observe
+                    )
+                except Exception as err:  # noqa: BLE001 - a defect must fail this key's rows only
+                    _fail_defect(outcome, key, rows, err)
+                    continue
+                if group is not None:
+                    if len(waiting) < RELOADS_AHEAD:
+                        group.start(self._reloads)  # made while the other keys score
+                    waiting.append(group)
+            self._score_waiting(waiting, batch, outcome, observe, cancelled)
+        finally:
+            for group in waiting:
+                group.release()
         return outcome
+
+    def _score_waiting(
+        self,
+        waiting: list[WaitingGroup],
+        batch: DecodedBatch,
+        outcome: BatchOutcome,
+        observe: bool,
+        cancelled: threading.Event | None,
+    ) -> None:
+        """Scores the keys whose models were made again off this thread, in turn, each once
+        its reload returns; a few reloads ahead of the one awaited."""
+        deadline_s = self._settings.scoring_deadline_s
+        for index, group in enumerate(waiting):
+            for ahead in waiting[index : index + RELOADS_AHEAD]:
+                ahead.start(self._reloads)
+            if cancelled is not None and cancelled.is_set():
+                return
+            try:
+                error = group.await_model(self._reloads, self._watch, deadline_s, cancelled)
+                if error is not None:
+                    self._scoring.fail_unavailable(
+                        group.slot, group.served, group.rows, error, outcome, observe
+                    )
+                else:
+                    self._scoring.score(
+                        group.served,
+                        group.slot,
+                        group.rows,
+                        group.columns,
+                        batch,
+                        outcome,
+                        group.complete,
+                        observe,
+                    )
+            except Exception as err:  # noqa: BLE001 - a defect must fail this key's rows only
+                _fail_defect(outcome, group.key, group.rows, err)
+            finally:
+                group.release()
 
     def _count_batch(self, batch: DecodedBatch, outcome: BatchOutcome) -> None:
         kinds = Counter(f"errors.{error.kind}" for error in outcome.errors)
@@ -430,25 +503,32 @@ class ServingCore:
         rows: npt.NDArray[np.intp],
         batch: DecodedBatch,
         outcome: BatchOutcome,
+        complete_names: tuple[str, ...] | None,
         *,
-        complete: bool,
         observe: bool,
-    ) -> None:
-        """Scores one key's rows; ``complete`` when none of them lacks a value (no NaN)."""
+    ) -> WaitingGroup | None:
+        """Scores one key's rows; ``complete_names``: the batch's columns when none of the rows
+        lacks a value (no NaN), else ``None``. A key whose model was evicted is left for later:
+        its group, holding the model, is returned for the model to be made again off this
+        thread meanwhile."""
         slot = self._slots.get(key)
         if slot is None:
             outcome.fail_rows(rows, self._no_model(key, None), key, None)
-            return
-        if complete:
-            names, values = batch.feature_names, batch.values[rows]
+            return None
+        complete = complete_names is not None
+        if complete_names is not None:
+            names, values = complete_names, _rows_of(batch.values, rows)
         else:
             names, values = _columns_of(batch, rows)
+            names = self._scoring.canonical_names(names)
         if observe:
-            slot.observe(names, values, self._settings.validation_rows)
-        with slot.batch_model() as (served, swapped):
-            if served is None:
-                outcome.fail_rows(rows, self._no_model(key, slot), key, None)
-                return
+            slot.observe(names, values, self._settings.validation_rows, complete=complete)
+        served, swapped = slot.lease()
+        if served is None:
+            outcome.fail_rows(rows, self._no_model(key, slot), key, None)
+            return None
+        waits = False
+        try:
             if swapped:
                 replaced = slot.previous
                 self._events.put(
@@ -462,9 +542,16 @@ class ServingCore:
                         previous_version="" if replaced is None else replaced.identity.version,
                     )
                 )
+            if not served.live and served.calls_stuck == 0:
+                waits = True
+                return WaitingGroup(key, rows, (names, values), complete, slot, served)
             self._scoring.score(
                 served, slot, rows, (names, values), batch, outcome, complete, observe
             )
+            return None
+        finally:
+            if not waits:
+                served.release()
 
     @property
     def artifact_cache_failures(self) -> int:
@@ -480,8 +567,27 @@ class ServingCore:
     def close(self) -> None:
         self._loader.close()
         self._scoring_calls.close()
+        self._reloads.close()
         for slot in self.slots():
             slot.close()
+
+
+def _rows_of(values: FloatMatrix, rows: npt.NDArray[np.intp]) -> FloatMatrix:
+    """``values[rows]``; for one row (the common group with thousands of keys) a view of it,
+    at a fifth of the cost: models leave their features unchanged (the conformance suite)."""
+    if len(rows) == 1:
+        row = int(rows[0])
+        return values[row : row + 1]
+    return values[rows]
+
+
+def _fail_defect(
+    outcome: BatchOutcome, key: str, rows: npt.NDArray[np.intp], err: Exception
+) -> None:
+    """A defect scoring ``key`` fails its rows alone (whatever they got before is dropped)."""
+    outcome.drop_rows(rows)
+    reason = f"scoring the records of key {key!r} failed: {type(err).__name__}: {err}"
+    outcome.fail_rows(rows, ScoringError(reason), key, None)
 
 
 def _complete(outcome: BatchOutcome, records: int) -> None:

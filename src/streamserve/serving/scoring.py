@@ -8,10 +8,12 @@ records fail), checks the outputs as validation did, and quarantines a model tha
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -34,16 +36,17 @@ from streamserve.serving.features import (
     positional_order,
 )
 from streamserve.serving.outcome import BatchOutcome, ScoredGroup
-from streamserve.serving.output import PublishableOutput, publishable
+from streamserve.serving.output import PublishableOutput, ValueType, publishable
 from streamserve.serving.slot import ModelSlot, Rejection, ServedModel
 from streamserve.settings import ServingSettings
 
 QUARANTINE_MIN_BATCHES = 3  # failing batches in a row, beside the records, before a quarantine
+MAX_PLANS = 4096  # feed plans kept: distinct (columns, model inputs) pairs, not keys
 
 
-@dataclass(frozen=True, slots=True)
-class ModelCall:
-    """A model scoring a key's records, as a deadline sees it when the call overruns."""
+class ModelCall(NamedTuple):
+    """A model scoring a key's records, as a deadline sees it when the call overruns (a named
+    tuple: one is made per key and batch, at a third of a frozen dataclass's cost)."""
 
     slot: ModelSlot
     served: ServedModel
@@ -59,8 +62,54 @@ class ModelCall:
         self.served.call_returned()
 
 
-def _reset_failures(served: ServedModel) -> None:
+def _record_scored(served: ServedModel, records: int, elapsed_s: float) -> None:
+    """A scored group's statistics; it ends the model's failure streak."""
     served.consecutive_failures = served.failing_batches = 0
+    served.stats.record_batch(records, elapsed_s)
+
+
+def _plain_numbers(output: object, rows: int, served: ServedModel) -> np.ndarray | None:
+    """``output`` if it is what most models return, finite numbers one per row (1-D floats,
+    of a model that publishes numbers): what :func:`publishable` would pass unchanged, checked
+    in a fraction of its time (a group of one record is the common group with thousands of
+    keys). ``None``: anything else, for :func:`publishable` to judge."""
+    if (
+        type(output) is not np.ndarray
+        or output.ndim != 1
+        or output.dtype.kind != "f"
+        or len(output) != rows
+        or served.value_type is not ValueType.NUMBER
+    ):
+        return None
+    finite = math.isfinite(output[0]) if rows == 1 else bool(np.isfinite(output).all())
+    return output if finite else None
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPlan:
+    """How a model takes a batch's columns: which column feeds each input (``mapping``), the
+    inputs as names (``spec``), the columns a positional model has no place for (``extra``),
+    and whether the columns are its inputs as they stand (``direct``: no gather)."""
+
+    mapping: FeatureMapping
+    spec: InputSpec
+    extra: tuple[int, ...]
+    direct: bool
+
+    @classmethod
+    def of(cls, names: tuple[str, ...], spec: InputSpec, *, positional: bool) -> FeedPlan:
+        mapping = map_features(names, spec)
+        extra: tuple[int, ...] = ()
+        if positional and not mapping.missing:
+            used = mapping.used_columns()
+            extra = tuple(index for index in range(len(names)) if index not in used)
+        direct = (
+            not mapping.missing
+            and not mapping.alternatives
+            and len(names) == len(mapping.columns)
+            and bool((mapping.columns == np.arange(len(names))).all())
+        )
+        return cls(mapping, spec, extra, direct)
 
 
 class ModelScoring:
@@ -80,6 +129,20 @@ class ModelScoring:
         self._events = events
         self._count = count
         self._watch = watch
+        # (batch columns, model width, model input names or positional order, positional batch)
+        self._plans: dict[tuple[object, ...], FeedPlan] = {}
+        self._names: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def canonical_names(self, names: tuple[str, ...]) -> tuple[str, ...]:
+        """One shared tuple for each distinct list of field names: the keys' observed columns
+        and positional orders then hold (and hash, scoring) that one object, not each a copy
+        from the batch that first served it (800 bytes a key, and cold in the CPU caches)."""
+        found = self._names.get(names)
+        if found is None:
+            if len(self._names) >= MAX_PLANS:
+                self._names.clear()
+            found = self._names[names] = names
+        return found
 
     def score(
         self,
@@ -97,27 +160,54 @@ class ModelScoring:
         key = slot.key
         names, values = columns
         try:
-            spec = self._input_spec(served, slot, names, batch, observe)
-            mapping = map_features(names, spec)
+            plan = self._plan(served, slot, names, batch, observe)
         except MissingFeaturesError as err:
             self._fail(outcome, rows, err, key, served)
             return
+        mapping = plan.mapping
         if mapping.missing:
             self._fail(outcome, rows, missing_features_error(mapping.missing), key, served)
             return
-        features = mapping.gather(values)
+        features = values if plan.direct else mapping.gather(values)
         incomplete = None if complete else np.isnan(features).any(axis=1)
         if incomplete is not None and incomplete.any():
-            model_names = spec.names or tuple(names[i] for i in mapping.columns)
+            model_names = plan.spec.names or tuple(names[i] for i in mapping.columns)
             self._fail_incomplete(
                 outcome, rows[incomplete], features[incomplete], model_names, key, served
             )
             rows, values, features = rows[~incomplete], values[~incomplete], features[~incomplete]
-        if served.inputs.names is None:  # fields beyond the positional order: no place
-            kept = self._fail_extra_fields(outcome, rows, values, (names, mapping), served, key)
+        if plan.extra:  # fields beyond a positional model's order: no place for them
+            kept = self._fail_extra_fields(outcome, rows, values, names, plan, served, key)
             rows, features = rows[kept], features[kept]
         if len(rows):
             self._score_rows(rows, features, slot, served, outcome, observe)
+
+    def _plan(
+        self,
+        served: ServedModel,
+        slot: ModelSlot,
+        names: tuple[str, ...],
+        batch: DecodedBatch,
+        observe: bool,
+    ) -> FeedPlan:
+        """How ``served`` takes the batch's columns ``names``, kept for the next groups and
+        batches of the same columns and inputs (thousands of keys make thousands of groups).
+        A plan that depends on the batch (a positional order not fixed yet) is not kept."""
+        spec = served.inputs
+        fixed = spec.names if spec.names is not None else slot.positional_order
+        cached = fixed is not None or (batch.positional and len(names) == spec.width)
+        plan_key = (names, spec.width, fixed, batch.positional)
+        if cached:
+            plan = self._plans.get(plan_key)
+            if plan is not None:
+                return plan
+        effective = self._input_spec(served, slot, names, batch, observe)
+        plan = FeedPlan.of(names, effective, positional=spec.names is None)
+        if cached:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            self._plans[plan_key] = plan
+        return plan
 
     def _input_spec(
         self,
@@ -145,6 +235,7 @@ class ModelScoring:
                     f"model {served.identity.name!r} takes {spec.width} positional features, "
                     f"the records carry {len(candidate)} ({', '.join(candidate) or 'none'})"
                 )
+            candidate = self.canonical_names(candidate)
             order = slot.fix_positional_order(candidate) if observe else candidate
         if len(order) != spec.width:
             raise MissingFeaturesError(
@@ -158,18 +249,15 @@ class ModelScoring:
         outcome: BatchOutcome,
         rows: npt.NDArray[np.intp],
         values: FloatMatrix,
-        columns: tuple[tuple[str, ...], FeatureMapping],
+        names: tuple[str, ...],
+        plan: FeedPlan,
         served: ServedModel,
         key: str,
     ) -> npt.NDArray[np.bool_]:
         """Fails the records carrying fields outside a positional model's order (where would
         they go?); returns which of ``rows`` are kept."""
-        names, mapping = columns
-        used = mapping.used_columns()
-        order = tuple(names[index] for index in mapping.columns.tolist())
-        extra = [index for index in range(len(names)) if index not in used]
-        if not extra:
-            return np.ones(len(rows), dtype=bool)
+        extra = list(plan.extra)
+        order = tuple(names[index] for index in plan.mapping.columns.tolist())
         carries = ~np.isnan(values[:, extra])
         odd = carries.any(axis=1)
         for position in np.flatnonzero(odd).tolist():
@@ -200,33 +288,39 @@ class ModelScoring:
             )
             self._fail(outcome, rows, error, key, served)
             return
-        started = time.perf_counter()
         model_failures = 0  # records the model raised on (not values it gave for one record)
-        self._watch.enter(ModelCall(slot, served, len(rows)))
         try:
-            with served.instance() as model:
-                try:
-                    checked = self._checked(model.score_batch(features), len(rows), served)
-                # SystemExit too: a model library that calls sys.exit() fails records, not the
-                # process (KeyboardInterrupt still stops it)
-                except (Exception, SystemExit):  # noqa: BLE001 - isolate the failing records
-                    rows, scored, model_failures = self._score_one_by_one(
-                        rows, features, key, served, model, outcome
-                    )
-                else:
-                    rows, scored = self._fail_unpublishable(rows, checked, key, served, outcome)
+            # live: the core had an evicted model made again before (serving/reloads.py)
+            model = served.leased_instance()
         except ScoringError as err:  # the evicted instance could not be made again
             self._fail(outcome, rows, err, key, served)
             rows, model_failures = rows[:0], len(rows)
-        finally:
-            self._watch.leave()
+        else:
+            started = time.perf_counter()
+            self._watch.enter(ModelCall(slot, served, len(rows)))
+            try:
+                output = model.score_batch(features)
+                plain = _plain_numbers(output, len(rows), served)
+                if plain is None:
+                    rows, scored = self._fail_unpublishable(
+                        rows, self._checked(output, len(rows), served), key, served, outcome
+                    )
+                else:
+                    scored = plain
+            # SystemExit too: a model library that calls sys.exit() fails records, not the
+            # process (KeyboardInterrupt still stops it)
+            except (Exception, SystemExit):  # noqa: BLE001 - isolate the failing records
+                rows, scored, model_failures = self._score_one_by_one(
+                    rows, features, key, served, model, outcome
+                )
+            finally:
+                self._watch.leave()
+            elapsed = time.perf_counter() - started
         self._live_models.touch(served)
-        elapsed = time.perf_counter() - started
         # the failure streak, like the statistics, counts only once the outcome is accepted:
         # a batch scored again after another model overran the deadline counts once
         if len(rows):
-            outcome.stats_updates.append(partial(_reset_failures, served))
-            outcome.stats_updates.append(partial(served.stats.record_batch, len(rows), elapsed))
+            outcome.stats_updates.append(partial(_record_scored, served, len(rows), elapsed))
             outcome.groups.append(
                 ScoredGroup(key, served.identity, rows, scored, elapsed / len(rows))
             )
@@ -234,6 +328,24 @@ class ModelScoring:
             reason = outcome.errors[-1].reason
             outcome.stats_updates.append(
                 partial(self._count_failures, slot, served, model_failures, reason)
+            )
+
+    def fail_unavailable(
+        self,
+        slot: ModelSlot,
+        served: ServedModel,
+        rows: npt.NDArray[np.intp],
+        error: ScoringError,
+        outcome: BatchOutcome,
+        observe: bool,
+    ) -> None:
+        """Fails the key's records whose model could not be made again (in time) after its
+        eviction; they count as failures of the model (a model that can never be made again
+        is quarantined like one that raises)."""
+        self._fail(outcome, rows, error, slot.key, served)
+        if observe:
+            outcome.stats_updates.append(
+                partial(self._count_failures, slot, served, len(rows), str(error))
             )
 
     def _count_failures(

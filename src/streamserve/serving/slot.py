@@ -144,6 +144,19 @@ class ServedModel:
         finally:
             self.release()
 
+    def leased_instance(self) -> Model:
+        """:meth:`instance` for a caller that holds the model already (:meth:`acquire`, or a
+        slot's lease) and releases it after using the instance: no ``with`` block, for a
+        scoring loop over thousands of keys."""
+        model = self._model  # held, a live instance stays: evict() and close() wait for users
+        if model is not None:
+            return model
+        self.acquire()
+        try:
+            return self._live_instance()
+        finally:
+            self.release()
+
     def _live_instance(self) -> Model:
         """The instance, made again if it was evicted. The reload runs outside ``_lock``: it
         may take long or hang, and retiring the model (a quarantine, an unload) must not
@@ -208,7 +221,9 @@ class Rejection:
     at: float = field(default_factory=time.time)
 
 
-OBSERVE_REFRESH_S = 1.0
+# a key's sample of rows is refreshed at most this often once full: with 10,000 keys each is
+# scored every few seconds, and a refresh a visit was a tenth of the scoring time
+OBSERVE_REFRESH_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -293,6 +308,16 @@ class ModelSlot:
     def batch_model(self) -> Iterator[tuple[ServedModel | None, bool]]:
         """The model to score the next batch with (held until the block ends), and whether it
         was just swapped in. A staged model becomes current here: at a batch boundary."""
+        served, swapped = self.lease()
+        try:
+            yield served, swapped
+        finally:
+            if served is not None:
+                served.release()
+
+    def lease(self) -> tuple[ServedModel | None, bool]:
+        """:meth:`batch_model` without a ``with`` block: the model is held (acquired) until
+        the caller calls its :meth:`ServedModel.release`."""
         with self._lock:
             served, retired, swapped = self._promote()
             if served is not None:
@@ -302,11 +327,7 @@ class ModelSlot:
         if swapped and served is not None:
             served.stats.mark_current()
             served.swap_delay_s = time.monotonic() - served.submitted_at
-        try:
-            yield served, swapped
-        finally:
-            if served is not None:
-                served.release()
+        return served, swapped
 
     def _promote(self) -> tuple[ServedModel | None, ServedModel | None, bool]:
         """Under the lock: (current model, model retired by a swap, whether it swapped)."""
@@ -354,12 +375,20 @@ class ModelSlot:
             restored.stats.mark_current()
         return True, restored
 
-    def observe(self, feature_names: tuple[str, ...], rows: FloatMatrix, keep: int) -> None:
-        """Remembers the latest records' columns and up to ``keep`` of their complete rows.
+    def observe(
+        self,
+        feature_names: tuple[str, ...],
+        rows: FloatMatrix,
+        keep: int,
+        *,
+        complete: bool = False,
+    ) -> None:
+        """Remembers the latest records' columns and up to ``keep`` of their complete rows
+        (``complete``: the caller knows that every row is).
 
         Once ``keep`` rows of unchanged columns are held, they are refreshed at most every
         ``OBSERVE_REFRESH_S``: a key scored in many small batches (thousands of keys) pays
-        for this once a second, not once a batch."""
+        for this once in a while, not once a batch."""
         now = time.monotonic()
         previous = self._schema
         if (
@@ -369,14 +398,14 @@ class ModelSlot:
             and now - self._observed_at < OBSERVE_REFRESH_S
         ):
             return
-        complete = rows[~np.isnan(rows).any(axis=1)][-keep:]
+        kept = rows[-keep:] if complete else rows[~np.isnan(rows).any(axis=1)][-keep:]
         with self._lock:
             previous = self._schema
             if previous is not None and previous.feature_names == feature_names:
-                if not len(complete):
+                if not len(kept):
                     return
-                complete = np.concatenate((previous.sample, complete))[-keep:]
-            self._schema = ObservedSchema(feature_names, complete.copy())
+                kept = np.concatenate((previous.sample, kept))[-keep:]
+            self._schema = ObservedSchema(feature_names, kept.copy())
             self._observed_at = now
 
     @property
