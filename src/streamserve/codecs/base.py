@@ -107,6 +107,9 @@ class DecodedBatch:
 
     def rows_by_key(self) -> dict[str, npt.NDArray[np.intp]]:
         """Each key's rows, in input order; rows without a key (undecodable) are left out."""
+        keys = self.keys
+        if keys and keys[0] is not None and keys.count(keys[0]) == len(keys):
+            return {keys[0]: np.arange(len(keys), dtype=np.intp)}  # one key: the common case
         groups: dict[str, list[int]] = {}
         for row, key in enumerate(self.keys):
             if key is not None:

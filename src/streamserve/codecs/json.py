@@ -8,11 +8,13 @@ not features.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, cast
 
+import numpy as np
 import orjson
 
 from streamserve.codecs.base import (
@@ -41,6 +43,9 @@ class JsonCodec:
     framing: ClassVar[Framing] = Framing.LINES
 
     def decode(self, records: Sequence[InputRecord]) -> DecodedBatch:
+        uniform = self._decode_uniform(records)
+        if uniform is not None:
+            return uniform
         decoded = decode_each(records, self._decode_one)
         names = _column_names(decoded.rows)
         rows = DecodedRecords[Sequence[float]](
@@ -50,6 +55,39 @@ class JsonCodec:
         )
         batch = batch_from_rows(records, names, rows)
         batch.field_orders = _FieldOrders(decoded)
+        return batch
+
+    def _decode_uniform(self, records: Sequence[InputRecord]) -> DecodedBatch | None:
+        """The batch decoded a column at a time, when every record is a JSON object with a
+        non-empty string key and the same numeric fields in the same order (a stream from one
+        publisher); ``None`` for any other batch, which is decoded a record at a time.
+
+        Each record is still parsed on its own (``orjson.loads``), so records never run into
+        one another; what is saved is the per-record Python work after parsing.
+        """
+        if not records or self.key_rule.constant is not None or self.key_rule.prefer_message_key:
+            return None
+        try:
+            documents: list[dict[str, object]] = [orjson.loads(r.payload) for r in records]
+        except orjson.JSONDecodeError:
+            return None
+        if set(map(type, documents)) != {dict}:
+            return None
+        field = self.key_rule.field
+        keys = [document.pop(field, None) for document in documents]
+        if set(map(type, keys)) != {str} or not all(keys):
+            return None
+        names = tuple(documents[0])
+        if not names or not all(map(names.__eq__, map(tuple, documents))):
+            return None
+        values = list(itertools.chain.from_iterable(map(dict.values, documents)))
+        if not NUMBER_TYPES.issuperset(map(type, values)):  # bool is not int here
+            return None
+        matrix = np.fromiter(values, dtype=np.float64, count=len(values))
+        str_keys = cast(list[str | None], keys)
+        batch = DecodedBatch(records, str_keys, names, matrix.reshape(len(records), len(names)))
+        rows = cast(list[dict[str, float] | None], documents)
+        batch.field_orders = _FieldOrders(DecodedRecords(rows, str_keys, {}))
         return batch
 
     def _decode_one(self, record: InputRecord) -> tuple[str, dict[str, float]]:
