@@ -42,6 +42,9 @@ from streamserve.settings import ServingSettings
 
 QUARANTINE_MIN_BATCHES = 3  # failing batches in a row, beside the records, before a quarantine
 MAX_PLANS = 4096  # feed plans kept: distinct (columns, model inputs) pairs, not keys
+# field names held by each cache below, all its entries together: records of junk (new field
+# names in every batch) must not grow them by more than a few megabytes
+MAX_CACHED_NAMES = 16_384
 
 
 class ModelCall(NamedTuple):
@@ -131,7 +134,9 @@ class ModelScoring:
         self._watch = watch
         # (batch columns, model width, model input names or positional order, positional batch)
         self._plans: dict[tuple[object, ...], FeedPlan] = {}
+        self._plans_held = 0  # names in the keys of self._plans
         self._names: dict[tuple[str, ...], tuple[str, ...]] = {}
+        self._names_held = 0  # names in self._names, bounded: records of junk bring new ones
 
     def canonical_names(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """One shared tuple for each distinct list of field names: the keys' observed columns
@@ -139,9 +144,13 @@ class ModelScoring:
         from the batch that first served it (800 bytes a key, and cold in the CPU caches)."""
         found = self._names.get(names)
         if found is None:
-            if len(self._names) >= MAX_PLANS:
+            if self._names_held + len(names) > MAX_CACHED_NAMES:
                 self._names.clear()
+                self._names_held = 0
+            if len(names) > MAX_CACHED_NAMES:
+                return names
             found = self._names[names] = names
+            self._names_held += len(names)
         return found
 
     def score(
@@ -203,10 +212,13 @@ class ModelScoring:
                 return plan
         effective = self._input_spec(served, slot, names, batch, observe)
         plan = FeedPlan.of(names, effective, positional=spec.names is None)
-        if cached:
-            if len(self._plans) >= MAX_PLANS:
+        size = len(names) + len(fixed or ())
+        if cached and size <= MAX_CACHED_NAMES:
+            if len(self._plans) >= MAX_PLANS or self._plans_held + size > MAX_CACHED_NAMES:
                 self._plans.clear()
+                self._plans_held = 0
             self._plans[plan_key] = plan
+            self._plans_held += size
         return plan
 
     def _input_spec(
@@ -340,10 +352,11 @@ class ModelScoring:
         observe: bool,
     ) -> None:
         """Fails the key's records whose model could not be made again (in time) after its
-        eviction; they count as failures of the model (a model that can never be made again
-        is quarantined like one that raises)."""
+        eviction. A reload that failed counts as failures of the model (one that can never be
+        made again is quarantined like one that raises); one that is only slow does not: it goes
+        on, and the model serves once it returns."""
         self._fail(outcome, rows, error, slot.key, served)
-        if observe:
+        if observe and not isinstance(error, ScoringTimeoutError):
             outcome.stats_updates.append(
                 partial(self._count_failures, slot, served, len(rows), str(error))
             )

@@ -12,6 +12,7 @@ model staged in the slot before, so a slow load of an older model can never repl
 from __future__ import annotations
 
 import enum
+import logging
 import threading
 import time
 from collections import OrderedDict, deque
@@ -25,6 +26,8 @@ from streamserve.errors import ModelValidationError, NothingToRollBackError, Sco
 from streamserve.formats.base import FloatMatrix, InputSpec, Model
 from streamserve.serving.output import ValueType, value_type_conflict
 from streamserve.serving.stats import ModelServingInfo, ServingInfoSnapshot
+
+log = logging.getLogger(__name__)
 
 
 class ModelRole(enum.StrEnum):
@@ -130,7 +133,7 @@ class ServedModel:
             if closing:
                 self._model = None
         if model is not None:
-            model.close()
+            self._close_quietly(model)
 
     @contextmanager
     def instance(self) -> Iterator[Model]:
@@ -193,7 +196,7 @@ class ServedModel:
             if self._users or self._model is None or self._reload is None or self._retired:
                 return False
             model, self._model = self._model, None
-        model.close()
+        self._close_quietly(model)
         return True
 
     def close(self) -> None:
@@ -206,7 +209,16 @@ class ServedModel:
         if self._on_release is not None:
             self._on_release(self)  # out of the live-model budget at once
         if model is not None:
+            self._close_quietly(model)
+
+    def _close_quietly(self, model: Model) -> None:
+        """Closes an instance nobody uses any more. Its ``close`` raising is the model's own
+        problem: logged, never passed on to whoever closed it (another key's batch evicting it,
+        a successor's first batch retiring it)."""
+        try:
             model.close()
+        except Exception:
+            log.exception("model %r raised while being closed; it is closed", self.identity.name)
 
 
 @dataclass(frozen=True)
