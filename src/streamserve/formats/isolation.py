@@ -30,6 +30,26 @@ CHECK_TIMEOUT_S = 300.0
 # process takes 0.4 s of CPU instead of 1.7 to 2 s.
 WITHOUT_OPTIONAL_IMPORTS = "import sys; sys.modules.update(dict.fromkeys(('sklearn', 'pandas')))\n"
 
+# For a child check: raises unless every split of every tree in a model's JSON form names a
+# feature the model has. Tree libraries index arrays with these numbers unchecked: a model
+# whose trees name feature 10**9 loads, and crashes the process on the first row reaching it.
+FEATURE_INDEX_CHECK = """
+def check_feature_indices(document, key, width):
+    stack = [document]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            for name, value in item.items():
+                if name != key:
+                    stack.append(value)
+                    continue
+                for index in value if isinstance(value, list) else [value]:
+                    if type(index) is not int or not 0 <= index < width:
+                        sys.exit(f"Error: a tree splits on feature {index!r} of {width}")
+"""
+
 
 @dataclass(frozen=True)
 class ChildCheck:
@@ -90,14 +110,30 @@ class CheckedOnce:
         self._passed: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
         self._cache_name: str | None = None  # the check's name in the cache: its fingerprint
+        self._running: dict[str, threading.Event] = {}  # digests being checked, set when done
 
     def ensure(self, data: bytes, where: str) -> None:
-        """Returns if ``data`` passed before (here or in the cache), else checks it now."""
+        """Returns if ``data`` passed before (here or in the cache), else checks it now; a
+        thread that finds the same bytes being checked waits for that check (the same model on
+        many keys is checked once)."""
         digest = bytes_digest(data)
-        with self._lock:
-            if digest in self._passed:
-                self._passed.move_to_end(digest)  # the models in use stay remembered
-                return
+        while True:
+            with self._lock:
+                if digest in self._passed:
+                    self._passed.move_to_end(digest)  # the models in use stay remembered
+                    return
+                running = self._running.get(digest)
+                if running is None:
+                    self._running[digest] = threading.Event()
+                    break
+            running.wait()  # then passed, or failed: checked again here, for this caller's error
+        try:
+            self._check_now(data, digest, where)
+        finally:
+            with self._lock:
+                self._running.pop(digest).set()
+
+    def _check_now(self, data: bytes, digest: str, where: str) -> None:
         cache = self._cache
         if cache is None:
             self._check.run(data, where)

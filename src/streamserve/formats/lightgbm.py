@@ -29,6 +29,7 @@ from streamserve.formats.base import (
     import_optional,
 )
 from streamserve.formats.isolation import (
+    FEATURE_INDEX_CHECK,
     REMEMBERED_PASSES,
     WITHOUT_OPTIONAL_IMPORTS,
     CheckedOnce,
@@ -89,7 +90,15 @@ class LightGBMFactory:
 PARSE_CHECK = ChildCheck(
     name="lightgbm-parse",
     script=WITHOUT_OPTIONAL_IMPORTS
-    + "import lightgbm; lightgbm.Booster(model_str=sys.stdin.read())",
+    + FEATURE_INDEX_CHECK
+    + """
+import lightgbm, numpy
+booster = lightgbm.Booster(model_str=sys.stdin.read())
+width = booster.num_feature()
+check_feature_indices(booster.dump_model(), "split_feature", width)
+for value in (0.0, 1.0, -1.0, 1e9, -1e9, float("nan")):
+    booster.predict(numpy.full((2, max(width, 1)), value), num_threads=1)
+""",
     library="LightGBM",
     verb="parse",
     marker="[Fatal]",

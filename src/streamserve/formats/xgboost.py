@@ -31,6 +31,7 @@ from streamserve.formats.base import (
     import_optional,
 )
 from streamserve.formats.isolation import (
+    FEATURE_INDEX_CHECK,
     REMEMBERED_PASSES,
     WITHOUT_OPTIONAL_IMPORTS,
     CheckedOnce,
@@ -87,11 +88,26 @@ class XGBoostFactory:
 LOAD_CHECK = ChildCheck(
     name="xgboost-load",
     script=WITHOUT_OPTIONAL_IMPORTS
+    + FEATURE_INDEX_CHECK
     + """
-import numpy, xgboost
+import json, numpy, xgboost
 booster = xgboost.Booster(params={"nthread": 1})
 booster.load_model(bytearray(sys.stdin.buffer.read()))
 width = booster.num_features()
+document = json.loads(booster.save_raw(raw_format="json"))
+check_feature_indices(document, "split_indices", width)
+stack = [document]
+while stack:  # each node's children are nodes of its tree
+    item = stack.pop()
+    if isinstance(item, list):
+        stack.extend(item)
+    elif isinstance(item, dict):
+        nodes = len(item.get("split_indices", ()))
+        for side in ("left_children", "right_children"):
+            for child in item.get(side, ()):
+                if type(child) is not int or not (child == -1 or 0 <= child < nodes):
+                    sys.exit(f"Error: a tree node's child {child!r} is not among {nodes} nodes")
+        stack.extend(item.values())
 for value in (0.0, 1.0, -1.0, 1e9, -1e9, float("nan")):
     booster.inplace_predict(numpy.full((2, max(width, 1)), value), validate_features=False)
 """,

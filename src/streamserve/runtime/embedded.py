@@ -117,7 +117,9 @@ class EmbeddedTransport:
             if message.payload is None:
                 self._core.reject_model_message(message.rejection(), message.origin)
             else:
-                self._core.submit_model_message(message.payload, message.origin, message.signature)
+                self._core.submit_model_message(
+                    message.payload, message.origin, message.signature, in_key_order=True
+                )
         return submitted
 
     def next_batch(self, limit: int, wait_s: float) -> RecordBatch | None:

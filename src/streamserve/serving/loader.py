@@ -77,13 +77,13 @@ class ModelLoader:
     A key's slot is created only when one of its models stages: rejected models and
     tombstones for keys nobody serves leave nothing behind but a bounded rejection record.
 
-    Loads run on ``threads`` threads at once, in submission order. Two models of one key may
-    load side by side, and the later one may finish first: it stages, and the earlier one is
-    superseded (a slow or hung load never holds back its key's next model). Jobs submitted
-    ``in_key_order`` (a restart rebuilding its models from the models topic) wait for the
-    earlier ones of their key instead: models of different keys load side by side, those of one
+    Loads run on ``threads`` threads at once, in submission order. Jobs submitted
+    ``in_key_order`` (every model from a models stream, at a restart and while running) wait
+    for the earlier ones of their key: models of different keys load side by side, those of one
     key one after another, so each key ends with the model, value type and rejections that
-    loading them one by one gives, as a replica that read them as they came.
+    loading them one by one gives, and a replica holds what its restart holds. A hung load holds
+    back its key's next model until ``load_timeout_s``. Other jobs may load beside an earlier
+    one of their key and finish first: the later model stages, and the earlier is superseded.
 
     The threads are daemons, and :meth:`close` waits for a load in progress only a while: a
     load that hangs (a location on a dead network mount, a library stuck in native code) cannot
@@ -188,9 +188,14 @@ class ModelLoader:
                     following = waiting.popleft()
                 else:
                     self._in_order.pop(key, None)
+            if following is not None and not self._closed:
+                # queued under the lock: close() queues its stop markers after it, so a
+                # worker takes it (a closed loader's workers finish it unloaded)
+                self._jobs.put(following)
+                following = None
             self._idle.notify_all()
-        if following is not None:
-            self._jobs.put(following)  # a closed loader's workers finish it unloaded
+        if following is not None:  # closed meanwhile: dropped like those close() found
+            self._finish(following)
 
     def _run(self, job: LoadJob) -> None:
         try:

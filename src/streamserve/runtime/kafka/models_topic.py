@@ -178,7 +178,9 @@ class ModelsTopicReader:
         self._clients.raise_problem()  # refusals the clients reported, the data consumer's too
         for message in messages:
             if message.error() is None:
-                self._submit(message)
+                # in key order, as at a restart: a running replica and its restart then hold
+                # the same model for every key (ModelLoader)
+                self._submit(message, in_key_order=True)
 
     def _wait_for_loader(self, max_pending: int, watch: CatchUpWatch) -> int:
         """Waits while more than ``max_pending`` models are loading; how many more may be
