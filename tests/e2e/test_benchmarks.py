@@ -35,13 +35,13 @@ def test_every_scenario_runs_and_counts_correctly(tmp_path: Path) -> None:
     rows = report["rows"]
     assert report["smoke"] is True
     scenarios = {row["scenario"].split()[0] for row in rows}
-    assert scenarios == {"1", "2", "3", "4", "5", "6"}  # 7, the peers, only when named
+    assert scenarios == {"1", "2", "3", "4", "5", "6", "8"}  # 7, the peers, only when named
     on_kafka = {row["scenario"] for row in rows if row["scenario"].endswith(", Apache Kafka")}
     on_tansu = {row["scenario"] for row in rows if row["scenario"].endswith(", tansu")}
     assert {label.rsplit(",", 1)[0] for label in on_kafka} == {
         label.rsplit(",", 1)[0] for label in on_tansu
     }, "every Kafka scenario runs on both brokers"
-    assert len(on_kafka) == 3, on_kafka
+    assert len(on_kafka) == 4, on_kafka
     for row in rows:
         assert isinstance(row["value"], float), row
         assert math.isfinite(row["value"]), row
