@@ -56,6 +56,7 @@ from benchmarks.broker import BenchBroker, running
 from benchmarks.common import Row, Sizes, WineData
 from benchmarks.models import lightgbm_regressor_text, tiny_linear_onnx
 from streamserve.codecs.protobuf import encode_wine_record
+from streamserve.demo.wine import PMML_FILES  # the seven original wine PMML models
 from streamserve.descriptor import ModelDescriptor, ModelType, encode_descriptor
 from streamserve.formats.artifact import pack_directory
 
@@ -65,15 +66,6 @@ START_TIMEOUT_S = 900.0  # a cold replica on a loaded machine: every check of ev
 # Shares of the mix (the rest is ONNX), each format at least one model.
 SHARES = {"lightgbm": 0.04, "xgboost": 0.03, "pmml": 0.02, "tf-frozen": 0.01, "tf-saved": 0.003}
 SECOND_VERSIONS = 0.03
-PMML_FILES = (
-    "winequalityDecisionTreeClassification.pmml",
-    "winequalityDesisionTreeRegression.pmml",
-    "winequalityGeneralizedLinearRegressionGamma.pmml",
-    "winequalityGeneralizedLinearRegressionGaussian.pmml",
-    "winequalityLinearRegression.pmml",
-    "winequalityMultilayerPerceptron.pmml",
-    "winequalityRandonForrestClassification.pmml",
-)
 
 
 @dataclass
