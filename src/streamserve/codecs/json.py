@@ -43,10 +43,16 @@ class JsonCodec:
     framing: ClassVar[Framing] = Framing.LINES
 
     def decode(self, records: Sequence[InputRecord]) -> DecodedBatch:
-        uniform = self._decode_uniform(records)
-        if uniform is not None:
-            return uniform
-        decoded = decode_each(records, self._decode_one)
+        try:
+            documents: list[object] = [orjson.loads(record.payload) for record in records]
+        except orjson.JSONDecodeError:  # a record that is not JSON: each alone, to say which
+            decoded = decode_each(records, self._decode_one)
+        else:
+            uniform = self._decode_uniform(records, documents)
+            if uniform is not None:
+                return uniform
+            parsed = iter(documents)  # decode_each takes the records in order, once each
+            decoded = decode_each(records, lambda record: self._decode_parsed(record, next(parsed)))
         names = _column_names(decoded.rows)
         rows = DecodedRecords[Sequence[float]](
             [None if features is None else _row(features, names) for features in decoded.rows],
@@ -57,37 +63,37 @@ class JsonCodec:
         batch.field_orders = _FieldOrders(decoded)
         return batch
 
-    def _decode_uniform(self, records: Sequence[InputRecord]) -> DecodedBatch | None:
+    def _decode_uniform(
+        self, records: Sequence[InputRecord], documents: list[object]
+    ) -> DecodedBatch | None:
         """The batch decoded a column at a time, when every record is a JSON object with a
         non-empty string key and the same numeric fields in the same order (a stream from one
-        publisher); ``None`` for any other batch, which is decoded a record at a time.
-
-        Each record is still parsed on its own (``orjson.loads``), so records never run into
-        one another; what is saved is the per-record Python work after parsing.
+        publisher); ``None`` for any other batch, which is decoded a record at a time from the
+        same ``documents`` (each record parsed on its own, left as parsed).
         """
-        if not records or self.key_rule.constant is not None or self.key_rule.prefer_message_key:
-            return None
-        try:
-            documents: list[dict[str, object]] = [orjson.loads(r.payload) for r in records]
-        except orjson.JSONDecodeError:
+        if not documents or self.key_rule.constant is not None or self.key_rule.prefer_message_key:
             return None
         if set(map(type, documents)) != {dict}:
             return None
+        objects = cast(list[dict[str, object]], documents)
         field = self.key_rule.field
-        keys = [document.pop(field, None) for document in documents]
+        keys = [document.get(field) for document in objects]
         if set(map(type, keys)) != {str} or not all(keys):
             return None
-        names = tuple(documents[0])
-        if not names or not all(map(names.__eq__, map(tuple, documents))):
+        names = tuple(objects[0])
+        if len(names) < 2 or not all(map(names.__eq__, map(tuple, objects))):
             return None
-        values = list(itertools.chain.from_iterable(map(dict.values, documents)))
+        values = list(itertools.chain.from_iterable(map(dict.values, objects)))
+        del values[names.index(field) :: len(names)]  # the keys
         if not NUMBER_TYPES.issuperset(map(type, values)):  # bool is not int here
             return None
+        features = tuple(name for name in names if name != field)
         matrix = np.fromiter(values, dtype=np.float64, count=len(values))
         str_keys = cast(list[str | None], keys)
-        batch = DecodedBatch(records, str_keys, names, matrix.reshape(len(records), len(names)))
-        rows = cast(list[dict[str, float] | None], documents)
-        batch.field_orders = _FieldOrders(DecodedRecords(rows, str_keys, {}))
+        batch = DecodedBatch(records, str_keys, features, matrix.reshape(len(objects), -1))
+        # every record carries these fields in this order: one dict stands for each of them
+        shape: dict[str, float] | None = dict.fromkeys(features, 0.0)
+        batch.field_orders = _FieldOrders(DecodedRecords([shape] * len(objects), str_keys, {}))
         return batch
 
     def _decode_one(self, record: InputRecord) -> tuple[str, dict[str, float]]:
@@ -95,6 +101,9 @@ class JsonCodec:
             document = orjson.loads(record.payload)
         except orjson.JSONDecodeError as err:
             raise RecordDecodeError(f"record is not valid JSON: {err}") from err
+        return self._decode_parsed(record, document)
+
+    def _decode_parsed(self, record: InputRecord, document: object) -> tuple[str, dict[str, float]]:
         if not isinstance(document, dict):
             raise RecordDecodeError(
                 f"record is a JSON {type(document).__name__}, expected an object"

@@ -33,7 +33,9 @@ def record_by_record(codec: JsonCodec, records: Sequence[InputRecord]) -> Decode
     """The codec's other path: every record decoded on its own."""
 
     class RecordByRecord(JsonCodec):
-        def _decode_uniform(self, records: Sequence[InputRecord]) -> DecodedBatch | None:
+        def _decode_uniform(
+            self, records: Sequence[InputRecord], documents: list[object]
+        ) -> DecodedBatch | None:
             return None
 
     return RecordByRecord(codec.key_rule).decode(records)
@@ -74,7 +76,7 @@ def test_uniform_batches_take_the_column_path_and_agree(values: list[float], cou
     ]
     records = [InputRecord(p, position=str(i)) for i, p in enumerate(payloads)]
     codec = JsonCodec()
-    assert codec._decode_uniform(records) is not None
+    assert codec._decode_uniform(records, [orjson.loads(p) for p in payloads]) is not None
     assert_same(codec.decode(records), record_by_record(codec, records))
 
 
