@@ -41,7 +41,6 @@ class ModelReloads:
         self._calls = TimedCalls("model-reload")
         self._lock = threading.Condition()
         self._running: dict[ServedModel, TimedCall] = {}
-        self.reloads = 0  # reloads handed over, for the benchmarks and /stats
 
     def start(self, served: ServedModel) -> TimedCall:
         """The reload of ``served``: the one under way, or a new one."""
@@ -53,7 +52,6 @@ class ModelReloads:
                     f"making model {served.identity.name!r} again after its eviction",
                 )
                 self._running[served] = timed
-                self.reloads += 1
         return timed
 
     def _reload(self, served: ServedModel) -> None:
