@@ -9,7 +9,6 @@ signing is on (``serving.security.trusted_keys``).
 
 from __future__ import annotations
 
-import gc
 import logging
 import sys
 import threading
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from streamserve.descriptor.signing import signature_header
 from streamserve.errors import InfrastructureError
-from streamserve.runtime.base import counted
+from streamserve.runtime.base import counted, freeze_startup_objects
 from streamserve.runtime.kafka.clients import KafkaClients, is_partition_end
 from streamserve.serving.core import ServingCore
 from streamserve.settings import KafkaSettings
@@ -105,8 +104,7 @@ class ImportFreezer:
         if not self._enabled or len(sys.modules) - self._modules < FREEZE_AFTER_MODULES:
             return
         self._modules = len(sys.modules)
-        gc.collect()
-        gc.freeze()
+        freeze_startup_objects()
 
 
 class ModelsTopicReader:
@@ -166,7 +164,7 @@ class ModelsTopicReader:
                 if is_partition_end(self._kafka, message):
                     at_end.add(message.partition() or 0)
                 elif message.error() is None:
-                    watch.submitted += self._submit(message, in_key_order=True)
+                    watch.submitted += self._submit(message)
         self._wait_for_loader(0, watch)
         return watch.submitted
 
@@ -178,9 +176,7 @@ class ModelsTopicReader:
         self._clients.raise_problem()  # refusals the clients reported, the data consumer's too
         for message in messages:
             if message.error() is None:
-                # in key order, as at a restart: a running replica and its restart then hold
-                # the same model for every key (ModelLoader)
-                self._submit(message, in_key_order=True)
+                self._submit(message)
 
     def _wait_for_loader(self, max_pending: int, watch: CatchUpWatch) -> int:
         """Waits while more than ``max_pending`` models are loading; how many more may be
@@ -246,15 +242,16 @@ class ModelsTopicReader:
         )
         return len(partitions)
 
-    def _submit(self, message: Message, *, in_key_order: bool = False) -> int:
+    def _submit(self, message: Message) -> int:
         """Hands a model message to the core: how many models it handed in (1 for a model
         submitted for loading or rejected at once, as unreadable or unsigned; 0 for a
-        tombstone)."""
+        tombstone). Models load in their key's order, at a restart and while running: a
+        running replica and its restart then hold the same model for every key (ModelLoader)."""
         origin = position_of(message)
         payload = message.value()
         signature = signature_header(message.headers())
         if payload is not None:
-            self._core.submit_model_message(payload, origin, signature, in_key_order=in_key_order)
+            self._core.submit_model_message(payload, origin, signature, in_key_order=True)
             return 1
         # A tombstone deletes its key's model from the compacted topic: unload the key too.
         key = message.key()
