@@ -38,16 +38,7 @@ def _records(keys: list[int], value: float = 1.0) -> list[InputRecord]:
 def test_every_key_is_served_by_its_own_model_within_the_budget() -> None:
     core = ServingCore(ServingSettings(max_live_models=BUDGET))
     try:
-        for key in range(KEYS):
-            core.submit_model(
-                ModelDescriptor(
-                    name=f"m{key}",
-                    data_type=f"k{key}",
-                    model_type=ModelType.ONNX,
-                    data=onnx_linear(np.array([1.0, 0.0]), float(key)),
-                )
-            )
-        assert core.wait_for_models(300)
+        _onnx_models(core, KEYS, timeout_s=300)
         assert core.live_models.live <= BUDGET
         order = np.random.default_rng(7).permutation(np.repeat(np.arange(KEYS), 3)).tolist()
         values: dict[str, set[float]] = {}
@@ -122,7 +113,7 @@ def test_keys_seen_only_on_the_models_topic_leave_bounded_state() -> None:
         assert "1 rejected, latest 'junk'" in rejected.errors[0].reason
 
 
-def _onnx_models(core: ServingCore, keys: int) -> None:
+def _onnx_models(core: ServingCore, keys: int, timeout_s: float = 120) -> None:
     for key in range(keys):
         core.submit_model(
             ModelDescriptor(
@@ -132,7 +123,7 @@ def _onnx_models(core: ServingCore, keys: int) -> None:
                 data=onnx_linear(np.array([1.0, 0.0]), float(key)),
             )
         )
-    assert core.wait_for_models(120)
+    assert core.wait_for_models(timeout_s)
 
 
 def _live_instances(core: ServingCore) -> int:
